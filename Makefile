@@ -1,0 +1,22 @@
+# idempotency: PGXS build
+
+EXTENSION    = idempotency
+MODULE_big   = idempotency
+OBJS         = src/idempotency.o src/idem_guc.o src/idem_fingerprint.o \
+               src/idem_store.o src/idem_xact.o src/idem_api.o
+DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
+PGFILEDESC   = "idempotency - idempotency keys for PostgreSQL"
+
+REGRESS        = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
+REGRESS_OPTS   = --inputdir=test --temp-instance=./tmp_check --temp-config=./test/idempotency.conf
+ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --temp-instance=./tmp_check_iso --temp-config=./test/idempotency.conf
+TAP_TESTS      = 1
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS += -Isrc
+PG_CFLAGS   += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+               -Wno-sign-compare $(IDEM_EXTRA_CFLAGS)
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

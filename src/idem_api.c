@@ -1,0 +1,708 @@
+/*
+ * idem_api.c
+ *	  The SQL-callable functions: argument checks and the status logic of
+ *	  contract sections 2, 4, 5 and 7.
+ *
+ * Statuses are decided here from what the key store reports and what this
+ * transaction has open (idem_xact.c).  Times are now(): the start of the
+ * calling transaction.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "idem_fingerprint.h"
+#include "idem_store.h"
+#include "idem_xact.h"
+
+/* Response codes are HTTP status codes (RFC 9110, section 15). */
+#define IDEM_MIN_RESPONSE_CODE 100
+#define IDEM_MAX_RESPONSE_CODE 599
+
+/* Columns of the row idem_begin and idem_lookup return. */
+#define RESULT_NATTS 5
+
+/* What a call site keeps between calls, in fn_extra. */
+typedef struct IdemCallCache
+{
+	IdemStoreOids oids;
+	TupleDesc	result_desc;	/* for functions returning a row */
+} IdemCallCache;
+
+/* Values of the returned row. */
+typedef struct IdemResult
+{
+	const char *status;
+	bool		code_isnull;
+	int32		response_code;
+	Datum		response_body;	/* 0 for NULL */
+	bool		times_isnull;
+	TimestampTz created_at;
+	TimestampTz expires_at;
+} IdemResult;
+
+PG_FUNCTION_INFO_V1(idem_begin_jsonb);
+PG_FUNCTION_INFO_V1(idem_begin_text);
+PG_FUNCTION_INFO_V1(idem_begin_bytea);
+PG_FUNCTION_INFO_V1(idem_finish);
+PG_FUNCTION_INFO_V1(idem_release);
+PG_FUNCTION_INFO_V1(idem_once);
+PG_FUNCTION_INFO_V1(idem_lookup);
+PG_FUNCTION_INFO_V1(idem_fingerprint_jsonb);
+PG_FUNCTION_INFO_V1(idem_fingerprint_bytes);
+PG_FUNCTION_INFO_V1(idem_sweep);
+
+/* The call site's cache, built on first use. */
+static IdemCallCache *
+GetCallCache(FunctionCallInfo fcinfo, bool returns_row)
+{
+	IdemCallCache *cache = fcinfo->flinfo->fn_extra;
+
+	if (cache == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		cache = palloc0(sizeof(IdemCallCache));
+		IdemStoreResolve(fcinfo, &cache->oids);
+		if (returns_row)
+		{
+			TupleDesc	desc;
+
+			if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+				elog(ERROR, "return type must be a row type");
+			cache->result_desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		}
+		MemoryContextSwitchTo(oldcxt);
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	return cache;
+}
+
+/* Raise 22004 for a NULL argument. */
+static void
+RequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+}
+
+/* A key or scope argument, checked against contract section 2. */
+static text *
+GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
+		   int maxlen, bool allow_empty)
+{
+	text	   *value;
+	int			len;
+
+	RequireArg(fcinfo, argno, what);
+	value = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(value);
+	if (len == 0 && !allow_empty)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > maxlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %d bytes; the limit is %d bytes.", len, maxlen)));
+	return value;
+}
+
+/* The (scope, key) of a call. */
+static void
+GetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
+		   IdemKey *key)
+{
+	uint64		scope_hash;
+
+	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
+						  IDEM_KEY_MAX_LEN, false);
+	key->scope = GetNameArg(fcinfo, scope_argno, "idempotency scope",
+							IDEM_SCOPE_MAX_LEN, true);
+	/* seeding the key's hash with the scope's keeps the split unambiguous */
+	scope_hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key->scope),
+									 VARSIZE_ANY_EXHDR(key->scope), 0);
+	key->hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key->key),
+									VARSIZE_ANY_EXHDR(key->key), scope_hash);
+}
+
+/* now() + ttl, with ttl checked to be positive. */
+static TimestampTz
+GetExpiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+{
+	Interval   *ttl;
+	Interval	zero;
+
+	RequireArg(fcinfo, argno, "ttl");
+	ttl = PG_GETARG_INTERVAL_P(argno);
+	memset(&zero, 0, sizeof(zero));
+	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(ttl),
+										  IntervalPGetDatum(&zero))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be positive"),
+				 errdetail("The ttl given was %s.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(ttl))))));
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(ttl)));
+}
+
+/* Printable key and scope for messages. */
+static char *
+KeyName(const IdemKey *key)
+{
+	char	   *k = text_to_cstring(key->key);
+
+	if (VARSIZE_ANY_EXHDR(key->scope) == 0)
+		return psprintf("\"%s\"", k);
+	return psprintf("\"%s\" in scope \"%s\"", k, text_to_cstring(key->scope));
+}
+
+/* Do two fingerprints match?  NULL (no body) matches only NULL. */
+static bool
+FingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
+{
+	if (a->isnull || b->isnull)
+		return a->isnull && b->isnull;
+	return memcmp(a->bytes, b->bytes, IDEM_FINGERPRINT_LEN) == 0;
+}
+
+/*
+ * Under REPEATABLE READ or SERIALIZABLE, a record committed by a transaction
+ * our snapshot cannot see must not be reported: the caller's other reads
+ * would disagree with it.  Raise a serialization failure, so the
+ * application's ordinary retry runs again with a new snapshot (contract
+ * section 5).
+ */
+static void
+CheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
+{
+	if (!IsolationUsesXactSnapshot())
+		return;
+	if (TransactionIdIsCurrentTransactionId(rec->xmin))
+		return;
+	if (XidInMVCCSnapshot(rec->xmin, GetTransactionSnapshot()))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent use of idempotency key %s",
+						KeyName(key)),
+				 errdetail("The key was completed by a transaction that committed after this transaction's snapshot was taken."),
+				 errhint("Retry the transaction; the retry will see the stored response.")));
+}
+
+/* Result for a live record: replay or mismatch. */
+static void
+ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
+				 IdemResult *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->created_at = rec->created_at;
+	res->expires_at = rec->expires_at;
+	if (FingerprintsMatch(&rec->fingerprint, fp))
+	{
+		res->status = "replay";
+		res->code_isnull = rec->code_isnull;
+		res->response_code = rec->response_code;
+		res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+	}
+	else
+	{
+		/* never show a response to a request that does not match it */
+		res->status = "mismatch";
+		res->code_isnull = true;
+	}
+}
+
+/* A result with a status and nothing else. */
+static void
+ResultStatusOnly(const char *status, IdemResult *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->status = status;
+	res->code_isnull = true;
+	res->times_isnull = true;
+}
+
+/* Build the returned row. */
+static Datum
+MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
+{
+	Datum		values[RESULT_NATTS];
+	bool		nulls[RESULT_NATTS];
+
+	values[0] = CStringGetTextDatum(res->status);
+	nulls[0] = false;
+	values[1] = Int32GetDatum(res->response_code);
+	nulls[1] = res->code_isnull;
+	values[2] = res->response_body;
+	nulls[2] = (res->response_body == (Datum) 0);
+	values[3] = TimestampTzGetDatum(res->created_at);
+	nulls[3] = res->times_isnull;
+	values[4] = TimestampTzGetDatum(res->expires_at);
+	nulls[4] = res->times_isnull;
+	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
+}
+
+/*
+ * Wait until the key is free and decide, holding its lock: a live record
+ * gives replay or mismatch (and the lock is let go), no record gives
+ * "started" (and the lock is kept, for idem_begin) .  An expired record is
+ * deleted first.  Returns false for "in_progress" (only when !wait).
+ */
+static bool
+LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
+			 TimestampTz now, const char *caller, IdemRecord *rec,
+			 bool *live)
+{
+	SnapshotData dirty;
+
+	if (!IdemKeyLock(key, wait))
+		return false;
+
+	for (;;)
+	{
+		IdemProbeResult probe;
+		TransactionId xwait = InvalidTransactionId;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
+
+		if (probe == IDEM_PROBE_BUSY)
+		{
+			/* finished, or being swept, by a transaction still running */
+			if (!wait)
+			{
+				IdemKeyUnlock(key);
+				return false;
+			}
+			XactLockTableWait(xwait, store->heap, &rec->tid,
+							  XLTW_InsertIndexUnique);
+			continue;
+		}
+
+		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
+		{
+			IdemKeyUnlock(key);
+			CheckRecordVisible(rec, key);
+			*live = true;
+			return true;
+		}
+
+		PreventCommandIfReadOnly(caller);
+		if (probe == IDEM_PROBE_FOUND &&
+			!IdemStoreDelete(store, &rec->tid))
+			continue;			/* someone else is removing it: look again */
+
+		*live = false;
+		return true;
+	}
+}
+
+/*
+ * Is there a live record for the key?  The common replay case is answered
+ * from one probe, without taking any lock or writing anything.
+ */
+static bool
+ProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
+		  IdemRecord *rec)
+{
+	SnapshotData dirty;
+	TransactionId xwait;
+
+	InitDirtySnapshot(dirty);
+	if (IdemStoreProbe(store, key, &dirty, true, rec, &xwait) == IDEM_PROBE_FOUND &&
+		rec->expires_at > now)
+	{
+		CheckRecordVisible(rec, key);
+		return true;
+	}
+	return false;
+}
+
+/* Refuse to begin a key that this transaction has open. */
+static void
+CheckNotOpen(const IdemKey *key, const char *verb)
+{
+	IdemOpenKey *open = IdemOpenKeyFind(key);
+
+	if (open == NULL || IdemOpenKeyState(open) == IDEM_OPEN_FINISHED)
+		return;
+	if (IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s idempotency key %s because this transaction has already begun it",
+						verb, KeyName(key)),
+				 errhint("Call idem_finish() or idem_release() first.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s idempotency key %s because a subtransaction still open released it",
+					verb, KeyName(key)),
+			 errhint("Begin it again after RELEASE SAVEPOINT.")));
+}
+
+/* The body of the three idem_begin variants. */
+static Datum
+BeginKey(FunctionCallInfo fcinfo, const IdemFingerprint *fp)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, true);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemKey		key;
+	TimestampTz expires_at;
+	bool		wait;
+	IdemStore	store;
+	IdemRecord	rec;
+	IdemResult	res;
+	bool		live;
+
+	GetKeyArgs(fcinfo, 0, 2, &key);
+	expires_at = GetExpiry(fcinfo, 3, now);
+	RequireArg(fcinfo, 4, "wait");
+	wait = PG_GETARG_BOOL(4);
+	CheckNotOpen(&key, "begin");
+
+	IdemStoreOpen(&store, &cache->oids, false);
+	if (ProbeLive(&store, &key, now, &rec))
+		ResultFromRecord(&rec, fp, &res);
+	else if (!LockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live))
+		ResultStatusOnly("in_progress", &res);
+	else if (live)
+		ResultFromRecord(&rec, fp, &res);
+	else
+	{
+		IdemOpenKeyAdd(&key, fp, now, expires_at);
+		memset(&res, 0, sizeof(res));
+		res.status = "started";
+		res.code_isnull = true;
+		res.created_at = now;
+		res.expires_at = expires_at;
+	}
+	IdemStoreClose(&store);
+
+	return MakeResultDatum(cache, &res);
+}
+
+/*
+ * idem_begin(key text, request jsonb, scope text, ttl interval, wait bool)
+ */
+Datum
+idem_begin_jsonb(PG_FUNCTION_ARGS)
+{
+	IdemFingerprint fp;
+
+	fp.isnull = PG_ARGISNULL(1);
+	if (!fp.isnull)
+		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fp.bytes);
+	return BeginKey(fcinfo, &fp);
+}
+
+/*
+ * idem_begin(key text, request text, ...): the body's exact bytes.
+ */
+Datum
+idem_begin_text(PG_FUNCTION_ARGS)
+{
+	IdemFingerprint fp;
+
+	fp.isnull = PG_ARGISNULL(1);
+	if (!fp.isnull)
+	{
+		text	   *body = PG_GETARG_TEXT_PP(1);
+
+		IdemFingerprintBytes(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), fp.bytes);
+	}
+	return BeginKey(fcinfo, &fp);
+}
+
+/*
+ * idem_begin(key text, request bytea, ...): the body's exact bytes.
+ */
+Datum
+idem_begin_bytea(PG_FUNCTION_ARGS)
+{
+	/* text and bytea share a representation */
+	return idem_begin_text(fcinfo);
+}
+
+/* Describe the actual state of a key that the caller may not finish. */
+static const char *
+DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	SnapshotData dirty;
+	IdemRecord	rec;
+	TransactionId xwait;
+	IdemProbeResult probe;
+
+	if (open != NULL)
+		return IdemOpenKeyState(open) == IDEM_OPEN_FINISHED ?
+			"already finished in this transaction" :
+			"already released in this transaction";
+
+	InitDirtySnapshot(dirty);
+	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
+	if (probe == IDEM_PROBE_BUSY && TransactionIdIsValid(dirty.xmin))
+		return "in progress in another transaction";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
+		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
+			"already finished in this transaction" : "completed";
+	if (IdemKeyLockedByOthers(key))
+		return "in progress in another transaction";
+	return "absent";
+}
+
+/*
+ * Find the key this transaction began and has not finished, or raise 55000
+ * naming the key and its actual state.
+ */
+static IdemOpenKey *
+RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
+{
+	IdemOpenKey *open = IdemOpenKeyFind(key);
+
+	if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
+		return open;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s idempotency key %s because it is %s",
+					verb, KeyName(key), DescribeKeyState(store, key, open)),
+			 errhint("idem_%s() applies only to a key that this transaction began with idem_begin() and has neither finished nor released.",
+					 verb)));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * idem_finish(key text, response_code int, response_body jsonb, scope text)
+ */
+Datum
+idem_finish(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemKey		key;
+	int32		code;
+	Datum		body = (Datum) 0;
+	IdemOpenKey *open;
+	IdemStore	store;
+	TimestampTz created_at;
+	TimestampTz expires_at;
+
+	GetKeyArgs(fcinfo, 0, 3, &key);
+	RequireArg(fcinfo, 1, "response code");
+	code = PG_GETARG_INT32(1);
+	if (code < IDEM_MIN_RESPONSE_CODE || code > IDEM_MAX_RESPONSE_CODE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("response code %d is out of range", code),
+				 errdetail("Response codes are HTTP status codes, from %d to %d.",
+						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
+	if (!PG_ARGISNULL(2))
+		body = PointerGetDatum(PG_GETARG_JSONB_P(2));
+
+	IdemStoreOpen(&store, &cache->oids, true);
+	open = RequireBegunKey(&store, &key, "finish");
+	PreventCommandIfReadOnly("idem_finish()");
+	IdemOpenKeyTimes(open, &created_at, &expires_at);
+	IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED,
+					IdemOpenKeyFingerprint(open), created_at, expires_at,
+					false, code, body);
+	IdemStoreClose(&store);
+	IdemOpenKeyClose(open, &key, IDEM_OPEN_FINISHED);
+
+	PG_RETURN_VOID();
+}
+
+/*
+ * idem_release(key text, scope text): give up a begun key; it is absent
+ * again, for this and every other transaction.
+ */
+Datum
+idem_release(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemKey		key;
+	IdemOpenKey *open;
+	IdemStore	store;
+
+	GetKeyArgs(fcinfo, 0, 1, &key);
+	IdemStoreOpen(&store, &cache->oids, false);
+	open = RequireBegunKey(&store, &key, "release");
+	IdemStoreClose(&store);
+	IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
+
+	PG_RETURN_VOID();
+}
+
+/*
+ * idem_once(key text, scope text, ttl interval): true the first time a
+ * message id is seen, false for every redelivery.  The record commits or
+ * rolls back with the caller's transaction.
+ */
+Datum
+idem_once(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemKey		key;
+	TimestampTz expires_at;
+	IdemStore	store;
+	IdemRecord	rec;
+	bool		live;
+	IdemFingerprint no_body = {.isnull = true};
+
+	GetKeyArgs(fcinfo, 0, 1, &key);
+	expires_at = GetExpiry(fcinfo, 2, now);
+	CheckNotOpen(&key, "record");
+
+	IdemStoreOpen(&store, &cache->oids, true);
+	if (ProbeLive(&store, &key, now, &rec))
+		live = true;
+	else
+	{
+		(void) LockAndProbe(&store, &key, true, now, "idem_once()", &rec, &live);
+		if (!live)
+		{
+			IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED, &no_body,
+							now, expires_at, true, 0, (Datum) 0);
+			IdemKeyUnlock(&key);
+		}
+	}
+	IdemStoreClose(&store);
+
+	PG_RETURN_BOOL(!live);
+}
+
+/*
+ * idem_lookup(key text, scope text): a read-only look at a key, for status
+ * endpoints.  Status is completed, in_progress or absent.
+ */
+Datum
+idem_lookup(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, true);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemKey		key;
+	IdemStore	store;
+	IdemRecord	rec;
+	IdemResult	res;
+	IdemOpenKey *open;
+	TransactionId xwait;
+	SnapshotData dirty;
+
+	GetKeyArgs(fcinfo, 0, 1, &key);
+	open = IdemOpenKeyFind(&key);
+
+	IdemStoreOpen(&store, &cache->oids, false);
+	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
+		rec.expires_at > now)
+	{
+		memset(&res, 0, sizeof(res));
+		res.status = "completed";
+		res.code_isnull = rec.code_isnull;
+		res.response_code = rec.response_code;
+		res.response_body = rec.body_isnull ? (Datum) 0 : rec.response_body;
+		res.created_at = rec.created_at;
+		res.expires_at = rec.expires_at;
+	}
+	else if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
+	{
+		ResultStatusOnly("in_progress", &res);
+		res.times_isnull = false;
+		IdemOpenKeyTimes(open, &res.created_at, &res.expires_at);
+	}
+	else
+	{
+		InitDirtySnapshot(dirty);
+		if ((IdemStoreProbe(&store, &key, &dirty, false, &rec, &xwait) == IDEM_PROBE_BUSY &&
+			 TransactionIdIsValid(dirty.xmin)) ||
+			IdemKeyLockedByOthers(&key))
+			ResultStatusOnly("in_progress", &res);
+		else
+			ResultStatusOnly("absent", &res);
+	}
+	IdemStoreClose(&store);
+
+	return MakeResultDatum(cache, &res);
+}
+
+/* Return a fingerprint as a bytea. */
+static Datum
+FingerprintDatum(const uint8 *digest)
+{
+	bytea	   *result = palloc(VARHDRSZ + IDEM_FINGERPRINT_LEN);
+
+	SET_VARSIZE(result, VARHDRSZ + IDEM_FINGERPRINT_LEN);
+	memcpy(VARDATA(result), digest, IDEM_FINGERPRINT_LEN);
+	PG_RETURN_BYTEA_P(result);
+}
+
+/*
+ * idem_fingerprint(jsonb): SHA-256 of the canonical form.
+ */
+Datum
+idem_fingerprint_jsonb(PG_FUNCTION_ARGS)
+{
+	uint8		digest[IDEM_FINGERPRINT_LEN];
+
+	IdemFingerprintJsonb(PG_GETARG_JSONB_P(0), digest);
+	return FingerprintDatum(digest);
+}
+
+/*
+ * idem_fingerprint(bytea) and idem_fingerprint(text): SHA-256 of the bytes.
+ */
+Datum
+idem_fingerprint_bytes(PG_FUNCTION_ARGS)
+{
+	uint8		digest[IDEM_FINGERPRINT_LEN];
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+
+	IdemFingerprintBytes(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), digest);
+	return FingerprintDatum(digest);
+}
+
+/*
+ * idem_sweep(batch int): delete up to batch expired keys, waiting on no
+ * lock that a live transaction holds; returns how many were deleted.
+ */
+Datum
+idem_sweep(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	int32		batch;
+	IdemStore	store;
+	int64		deleted;
+
+	RequireArg(fcinfo, 0, "batch");
+	batch = PG_GETARG_INT32(0);
+	if (batch <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be positive"),
+				 errdetail("The batch given was %d.", batch)));
+	PreventCommandIfReadOnly("idem_sweep()");
+
+	/* DDL on the table (a lock we would queue behind) means: not now */
+	if (!ConditionalLockRelationOid(cache->oids.heap, RowExclusiveLock))
+		PG_RETURN_INT64(0);
+
+	IdemStoreOpen(&store, &cache->oids, true);
+	deleted = IdemStoreSweep(&store, batch, GetCurrentTransactionStartTimestamp());
+	IdemStoreClose(&store);
+
+	PG_RETURN_INT64(deleted);
+}

@@ -1,0 +1,77 @@
+/*
+ * idem_guc.c
+ *	  The extension's settings, all under the "idempotency." prefix.
+ *
+ * idempotency.unfinished decides what COMMIT and PREPARE TRANSACTION do with
+ * a key that was begun but neither finished nor released (contract section
+ * 4).  The sweeper settings are read by the background worker and reloadable
+ * with SIGHUP.
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+
+#include "idem_guc.h"
+
+int			idem_unfinished_action = IDEM_UNFINISHED_ERROR;
+bool		idem_sweeper_enabled = true;
+int			idem_sweep_interval_ms = 60 * 1000;
+int			idem_sweep_batch_size = 10000;
+
+static const struct config_enum_entry unfinished_options[] = {
+	{"error", IDEM_UNFINISHED_ERROR, false},
+	{"release", IDEM_UNFINISHED_RELEASE, false},
+	{NULL, 0, false}
+};
+
+/*
+ * Define the settings.  Called from _PG_init, so in every backend that loads
+ * the library, preloaded or not.
+ */
+void
+IdemGucInit(void)
+{
+	DefineCustomEnumVariable("idempotency.unfinished",
+							 "What COMMIT does with a key that was begun but neither finished nor released.",
+							 "\"error\" makes COMMIT and PREPARE TRANSACTION fail; "
+							 "\"release\" releases such keys silently.",
+							 &idem_unfinished_action,
+							 IDEM_UNFINISHED_ERROR,
+							 unfinished_options,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("idempotency.sweeper",
+							 "Whether the background worker deletes expired keys.",
+							 NULL,
+							 &idem_sweeper_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.sweep_interval",
+							"Time between two sweeps of expired keys.",
+							NULL,
+							&idem_sweep_interval_ms,
+							60 * 1000,
+							100,
+							24 * 60 * 60 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.sweep_batch_size",
+							"Maximum number of expired keys deleted in one sweeper transaction.",
+							NULL,
+							&idem_sweep_batch_size,
+							10000,
+							1,
+							1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("idempotency");
+}

@@ -1,0 +1,21 @@
+/*
+ * idem_guc.h
+ *	  The extension's settings (idempotency.*).
+ */
+#ifndef IDEM_GUC_H
+#define IDEM_GUC_H
+
+typedef enum IdemUnfinishedAction
+{
+	IDEM_UNFINISHED_ERROR,
+	IDEM_UNFINISHED_RELEASE
+}			IdemUnfinishedAction;
+
+extern int	idem_unfinished_action;
+extern bool idem_sweeper_enabled;
+extern int	idem_sweep_interval_ms;
+extern int	idem_sweep_batch_size;
+
+extern void IdemGucInit(void);
+
+#endif							/* IDEM_GUC_H */

@@ -1,0 +1,96 @@
+/*
+ * idem_store.h
+ *	  The key store: the idem_keys table and its two indexes.
+ */
+#ifndef IDEM_STORE_H
+#define IDEM_STORE_H
+
+#include "access/htup.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "nodes/execnodes.h"
+#include "utils/rel.h"
+#include "utils/snapshot.h"
+#include "utils/timestamp.h"
+
+#include "idem_fingerprint.h"
+
+/* Limits of contract section 2, in bytes. */
+#define IDEM_KEY_MAX_LEN	255
+#define IDEM_SCOPE_MAX_LEN	255
+
+/* Values of idem_keys.state. */
+#define IDEM_STATE_COMPLETED	'c'
+
+/* An identified (scope, key); both detoasted and validated. */
+typedef struct IdemKey
+{
+	text	   *scope;
+	text	   *key;
+	uint64		hash;			/* of (scope, key); names the key's lock */
+} IdemKey;
+
+/* A request fingerprint, or none (a NULL request). */
+typedef struct IdemFingerprint
+{
+	bool		isnull;
+	uint8		bytes[IDEM_FINGERPRINT_LEN];
+} IdemFingerprint;
+
+/* One key record as read from the table. */
+typedef struct IdemRecord
+{
+	ItemPointerData tid;
+	TransactionId xmin;			/* inserting transaction (frozen-aware) */
+	char		state;
+	TimestampTz created_at;
+	TimestampTz expires_at;
+	bool		code_isnull;
+	int32		response_code;
+	IdemFingerprint fingerprint;
+	bool		body_isnull;
+	Datum		response_body;	/* detoasted copy, or 0 if not asked for */
+} IdemRecord;
+
+typedef enum IdemProbeResult
+{
+	IDEM_PROBE_ABSENT,			/* no live record */
+	IDEM_PROBE_FOUND,			/* a committed record, or one of our own */
+	IDEM_PROBE_BUSY				/* a record another live transaction is
+								 * inserting or deleting */
+} IdemProbeResult;
+
+/* Where the store lives; resolved once per call site. */
+typedef struct IdemStoreOids
+{
+	Oid			heap;
+	Oid			pkey;
+	Oid			expiry;
+} IdemStoreOids;
+
+/* The store, opened for one call. */
+typedef struct IdemStore
+{
+	Relation	heap;
+	Relation	pkey;
+	Relation	expiry;			/* only when opened for writing */
+	TupleTableSlot *slot;
+} IdemStore;
+
+extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
+extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
+						  bool for_write);
+extern void IdemStoreClose(IdemStore *store);
+extern IdemProbeResult IdemStoreProbe(IdemStore *store, const IdemKey *key,
+									  Snapshot snapshot, bool want_body,
+									  IdemRecord *rec,
+									  TransactionId *busy_xid);
+extern void IdemStoreInsert(IdemStore *store, const IdemKey *key, char state,
+							const IdemFingerprint *fingerprint,
+							TimestampTz created_at, TimestampTz expires_at,
+							bool code_isnull, int32 response_code,
+							Datum response_body);
+extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid);
+extern int64 IdemStoreSweep(IdemStore *store, int64 batch, TimestampTz now);
+
+#endif							/* IDEM_STORE_H */

@@ -1,0 +1,25 @@
+/*
+ * idempotency.c
+ *	  Module entry point: _PG_init dispatches to each concern's set-up.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+
+#include "idem_guc.h"
+#include "idem_xact.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* Set up settings and transaction callbacks in every backend that loads us. */
+void
+_PG_init(void)
+{
+	if (IsBinaryUpgrade)
+		return;
+	IdemGucInit();
+	IdemXactInit();
+}
