@@ -3,7 +3,8 @@
 EXTENSION    = idempotency
 MODULE_big   = idempotency
 OBJS         = src/idempotency.o src/idem_guc.o src/idem_fingerprint.o \
-               src/idem_store.o src/idem_xact.o src/idem_api.o
+               src/idem_store.o src/idem_xact.o src/idem_api.o \
+               src/idem_sweeper.o
 DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC   = "idempotency - idempotency keys for PostgreSQL"
 
@@ -12,6 +13,7 @@ REGRESS_OPTS   = --inputdir=test --temp-instance=./tmp_check --temp-config=./tes
 ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --temp-instance=./tmp_check_iso --temp-config=./test/idempotency.conf
 TAP_TESTS      = 1
+PROVE_TESTS    = $(sort $(wildcard test/t/*.pl))
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -Isrc

@@ -130,3 +130,19 @@ CREATE FUNCTION @extschema@.idem_sweep(batch pg_catalog.int4 DEFAULT 10000)
 RETURNS pg_catalog.int8
 AS 'MODULE_PATHNAME', 'idem_sweep'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- The sweeper's last pass over each database (empty without
+-- shared_preload_libraries = 'idempotency').
+CREATE FUNCTION @extschema@.idem_sweeper_status(
+    OUT datname pg_catalog.text,
+    OUT last_start pg_catalog.timestamptz,
+    OUT last_duration pg_catalog.interval,
+    OUT keys_removed pg_catalog.int8,
+    OUT last_error pg_catalog.text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'idem_sweeper_status'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE VIEW @extschema@.idem_sweeper_status AS
+    SELECT datname, last_start, last_duration, keys_removed, last_error
+    FROM @extschema@.idem_sweeper_status();

@@ -8,13 +8,15 @@
 #include "miscadmin.h"
 
 #include "idem_guc.h"
+#include "idem_sweeper.h"
 #include "idem_xact.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* Set up settings and transaction callbacks in every backend that loads us. */
+/* Set up settings and transaction callbacks in every backend that loads us,
+ * and the sweeper when we are preloaded. */
 void
 _PG_init(void)
 {
@@ -22,4 +24,6 @@ _PG_init(void)
 		return;
 	IdemGucInit();
 	IdemXactInit();
+	if (process_shared_preload_libraries_in_progress)
+		IdemSweeperInit();
 }

@@ -1,0 +1,10 @@
+/*
+ * idem_sweeper.h
+ *	  The TTL sweeper: a launcher and short-lived per-database workers.
+ */
+#ifndef IDEM_SWEEPER_H
+#define IDEM_SWEEPER_H
+
+extern void IdemSweeperInit(void);
+
+#endif							/* IDEM_SWEEPER_H */

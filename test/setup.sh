@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what building and testing the extension needs (Debian 12,
+# PostgreSQL 15 from Debian's packages), then build with warnings as errors
+# and install.  Run as root from anywhere in the checkout; idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test/setup.sh: run as root (it installs packages)" >&2
+    exit 1
+fi
+
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    # no default cluster on port 5432: tests and demo make their own
+    mkdir -p /etc/postgresql-common
+    if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+        echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export PATH="/usr/lib/postgresql/15/bin:$PATH"
+make -s clean
+make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config IDEM_EXTRA_CFLAGS=-Werror
+make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config install
