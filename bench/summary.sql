@@ -4,7 +4,8 @@
 \pset null '-'
 CREATE TEMP TABLE r (
     round int, config text, pos int, scenario text, duration int, clients int,
-    tps float8, txns bigint, failed bigint, wal_bytes numeric, ok boolean, note text);
+    tps float8, txns bigint, failed bigint, wal_bytes numeric, ok boolean,
+    lsn_start pg_lsn, lsn_end pg_lsn, note text);
 \copy r FROM pstdin WITH (FORMAT csv, HEADER true)
 
 CREATE TEMP VIEW cfg(config, cord) AS VALUES ('sync_commit_on', 1), ('sync_commit_off', 2);

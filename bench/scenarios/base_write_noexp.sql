@@ -6,5 +6,5 @@ SELECT * FROM base_keys_noexp WHERE scope = '' AND key = 'n' || :tag || '-' || :
 INSERT INTO payments (key, amount) VALUES ('n' || :tag || '-' || :client_id || '-' || :r, 500);
 INSERT INTO base_keys_noexp (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
 VALUES (now(), now() + interval '24 hours', 201, 'c', '', 'n' || :tag || '-' || :client_id || '-' || :r,
-        '\xFPHEX'::bytea, '{"id": 991, "state": "paid"}'::jsonb);
+        '\x5d07348752511cacdeb1f27281cbbaee72bbb4e05c1ebf90c3891a7598651f29'::bytea, '{"id": 991, "state": "paid"}'::jsonb);
 COMMIT;

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Speed benchmark of the idempotency extension against plain-SQL baselines.
+#
+# Creates a throwaway cluster, loads it (bench/setup.sql), then for each round
+# and each commit setting runs the five pgbench scenarios of bench/scenarios/
+# in rotated order, and prints median TPS, ratios ext/base with their targets,
+# and WAL bytes per transaction.  Results also go to bench/results/<ts>.csv.
+#
+# Run as root (pgbench and the server run as the postgres user) or as postgres,
+# after `make install`.  Settings (environment):
+#   DURATION  seconds per pgbench run          (default 20)
+#   ROUNDS    rounds of all scenarios x configs (default 5)
+#   CLIENTS   pgbench -c and -j                 (default 2)
+#   NKEYS     completed keys for the replay path (default 100000)
+#   PG_CONFIG pg_config of the server to use    (default: pg_config in PATH)
+#   KEEP=1    keep the temporary cluster directory at the end
+# Smoke test:  DURATION=2 ROUNDS=1 bench/run.sh
+set -euo pipefail
+
+DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-5}
+CLIENTS=${CLIENTS:-2}
+NKEYS=${NKEYS:-100000}
+KEEP=${KEEP:-0}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+
+for v in DURATION ROUNDS CLIENTS NKEYS; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: $v must be a positive integer" >&2; exit 2; }
+done
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BINDIR=$("$PG_CONFIG" --bindir)
+PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
+[[ -e $PKGLIBDIR/idempotency.so ]] || { echo "run.sh: $PKGLIBDIR/idempotency.so not found; run make install first" >&2; exit 2; }
+
+if [[ $EUID -eq 0 ]]; then
+	AS_PG=(runuser -u postgres --)
+elif [[ $(id -un) == postgres ]]; then
+	AS_PG=()
+else
+	echo "run.sh: run as root or as postgres" >&2
+	exit 2
+fi
+
+CONFIGS=(sync_commit_on sync_commit_off)
+SCENARIOS=(ext_write base_write base_write_noexp ext_replay base_replay)
+
+TS=$(date +%Y%m%d-%H%M%S)
+RESULTS_DIR=$BENCH_DIR/results
+RESULTS=$RESULTS_DIR/$TS.csv
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/idem-bench.XXXXXX")
+DATA=$WORK/data
+STARTED=0
+FAILURES=0
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+cleanup() {
+	local rc=$?
+	set +e
+	if [[ $STARTED == 1 ]]; then
+		"${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1
+	fi
+	if [[ $KEEP == 1 ]]; then
+		echo "KEEP=1: cluster directory left in $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Everything the postgres user reads lives in $WORK (the checkout may not be
+# readable or may be someone's home directory); run from there too.
+chmod 700 "$WORK"
+cp -r "$BENCH_DIR/scenarios" "$BENCH_DIR/setup.sql" "$BENCH_DIR/summary.sql" "$WORK/"
+[[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$WORK"
+cd "$WORK"
+
+# The server listens on a unix socket in $WORK only (listen_addresses = ''),
+# so the port just names the socket; pick one no TCP listener uses anyway.
+PORT=$((20000 + RANDOM % 30000))
+if command -v ss >/dev/null; then
+	while ss -Hltn "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
+fi
+
+psql_q() {	# one query, unaligned tuples-only output
+	"${AS_PG[@]}" "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench -c "$1"
+}
+
+log "initdb in $WORK (PostgreSQL $("$BINDIR/postgres" --version | awk '{print $NF}'), $(nproc) CPUs)"
+"${AS_PG[@]}" "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
+	|| { cat "$WORK/initdb.log" >&2; exit 1; }
+cat >>"$DATA/postgresql.conf" <<EOF
+
+# --- idempotency benchmark ---
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+port = $PORT
+shared_preload_libraries = 'idempotency'
+idempotency.sweeper = off
+shared_buffers = 256MB
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+# checkpoints only where run.sh asks for one (before every pgbench run)
+checkpoint_timeout = 1h
+max_wal_size = 4GB
+log_checkpoints = off
+EOF
+"${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w start >/dev/null \
+	|| { cat "$WORK/server.log" >&2; exit 1; }
+STARTED=1
+"${AS_PG[@]}" "$BINDIR/createdb" -h "$WORK" -p "$PORT" -U postgres bench
+
+log "loading: extension, baseline tables, $NKEYS completed keys"
+"${AS_PG[@]}" "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -v nkeys="$NKEYS" \
+	-h "$WORK" -p "$PORT" -U postgres -d bench -f "$WORK/setup.sql" >/dev/null
+
+REQ=\''{"amount": 500, "to": "acct_42"}'\''::jsonb'
+replay_statuses() {
+	psql_q "SELECT string_agg(status || '=' || n, ', ' ORDER BY status)
+	          FROM (SELECT b.status, count(*) AS n
+	                  FROM generate_series(1, $NKEYS) g,
+	                       LATERAL idem_begin('p-' || g, $REQ) b
+	                 GROUP BY b.status) s"
+}
+
+# --- pre-flight checks ---------------------------------------------------
+st=$(replay_statuses)
+log "pre-flight: idem_begin on the $NKEYS loaded keys -> $st"
+[[ $st == "replay=$NKEYS" ]] || { log "FAIL: expected replay=$NKEYS"; FAILURES=$((FAILURES + 1)); }
+st=$(psql_q "BEGIN; SELECT status FROM idem_begin('preflight-new', $REQ);
+             SELECT idem_finish('preflight-new', 201); ROLLBACK;" | head -1)
+log "pre-flight: idem_begin on a new key -> $st"
+[[ $st == started ]] || { log "FAIL: expected started"; FAILURES=$((FAILURES + 1)); }
+# A replay inside an open transaction: is an xid assigned (any row lock or
+# tuple write needs one), and which locks beyond plain reads does it hold?
+st=$(psql_q "BEGIN;
+  SELECT status FROM idem_begin('p-1', $REQ);
+  SELECT 'xid=' || coalesce(pg_current_xact_id_if_assigned()::text, 'none') || ' locks=' ||
+         coalesce((SELECT string_agg(locktype || ':' || mode, ',') FROM pg_locks
+                    WHERE pid = pg_backend_pid() AND locktype <> 'virtualxid'
+                      AND NOT (locktype = 'relation' AND mode = 'AccessShareLock')), 'none');
+  COMMIT;" | paste -sd' ')
+log "pre-flight: replay in an open transaction -> status=$st (locks other than AccessShareLock/virtualxid)"
+[[ $st == "replay xid=none locks=none" ]] || { log "FAIL: replay assigned an xid or holds locks"; FAILURES=$((FAILURES + 1)); }
+
+log "settings: fsync=$(psql_q 'SHOW fsync') shared_buffers=$(psql_q 'SHOW shared_buffers') full_page_writes=$(psql_q 'SHOW full_page_writes') autovacuum=$(psql_q 'SHOW autovacuum')"
+log "note: base_write uses base_keys, which like idem_keys has an index on expires_at (the extension keeps it"
+log "      for the sweeper); base_write_noexp is the same without that index, to show both ratios."
+log "pgbench: -M prepared -n -T $DURATION -c $CLIENTS -j $CLIENTS; $ROUNDS round(s) x ${#CONFIGS[@]} configs x ${#SCENARIOS[@]} scenarios"
+log "before every run: VACUUM (ANALYZE) of the four tables, CHECKPOINT; WAL measured from after the checkpoint"
+
+set_config() {
+	local want
+	case $1 in
+		sync_commit_on) want=on ;;
+		sync_commit_off) want=off ;;
+	esac
+	psql_q "ALTER SYSTEM SET synchronous_commit = $want" >/dev/null
+	psql_q "SELECT pg_reload_conf()" >/dev/null
+	for _ in $(seq 50); do
+		[[ $(psql_q 'SHOW synchronous_commit') == "$want" ]] && return 0
+		sleep 0.1
+	done
+	echo "run.sh: synchronous_commit did not become $want" >&2
+	exit 1
+}
+
+mkdir -p "$RESULTS_DIR"
+echo "round,config,pos,scenario,duration,clients,tps,txns,failed,wal_bytes,ok,lsn_start,lsn_end,note" >"$RESULTS"
+
+run_one() {	# round config pos scenario
+	local round=$1 config=$2 pos=$3 scen=$4
+	local tag="r${round}${config#sync_commit_}"
+	local table letter check="" maxid=0 out rc tps txns failed lsn0 lsn1 wal ok=true note=""
+
+	case $scen in
+		ext_write) table=idem_keys letter=e ;;
+		base_write) table=base_keys letter=b ;;
+		base_write_noexp) table=base_keys_noexp letter=n ;;
+		*) table="" letter="" ;;
+	esac
+
+	psql_q "VACUUM (ANALYZE) idem_keys, base_keys, base_keys_noexp, payments" >/dev/null
+	[[ -n $table ]] && maxid=$(psql_q "SELECT coalesce(max(id), 0) FROM payments")
+	psql_q "CHECKPOINT" >/dev/null
+	lsn0=$(psql_q "SELECT pg_current_wal_lsn()")
+	set +e
+	out=$("${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
+		-T "$DURATION" -c "$CLIENTS" -j "$CLIENTS" -D tag="$tag" -D nkeys="$NKEYS" \
+		-f "$WORK/scenarios/$scen.sql" bench 2>&1)
+	rc=$?
+	set -e
+	lsn1=$(psql_q "SELECT pg_current_wal_lsn()")
+	wal=$(psql_q "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
+
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
+	txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+	tps=${tps:-0} txns=${txns:-0} failed=${failed:-0}
+	if [[ $rc -ne 0 || $failed -ne 0 || $txns -eq 0 ]]; then
+		ok=false note="pgbench exit $rc"
+		echo "$out" | grep -Ei 'error|abort' | head -5 >&2
+	fi
+
+	if [[ -n $table ]]; then
+		# Every transaction must have got "started": one key row and one
+		# payment per transaction.  A replay would have made idem_finish fail.
+		local p="${letter}${tag}-" nkeys npay
+		read -r nkeys npay < <(psql_q "SELECT (SELECT count(*) FROM $table
+		                                 WHERE scope = '' AND key >= '$p' AND key < '${p%-}.'),
+		                                (SELECT count(*) FROM payments
+		                                 WHERE id > $maxid AND key LIKE '$p%')" | tr '|' ' ')
+		check=" rows=$nkeys payments=$npay"
+		if [[ $nkeys -ne $txns || $npay -ne $txns ]]; then
+			ok=false note="${note:+$note; }rows $nkeys payments $npay for $txns txns"
+		fi
+	fi
+	[[ $ok == true ]] || FAILURES=$((FAILURES + 1))
+
+	printf '  %-16s tps=%10.1f txns=%-8s failed=%s wal/txn=%s%s%s\n' "$scen" "$tps" "$txns" "$failed" \
+		"$(awk -v w="$wal" -v t="$txns" 'BEGIN { printf "%.1f", (t > 0 ? w / t : 0) }')" "$check" \
+		"$([[ $ok == true ]] || echo "  CHECK FAILED: $note")"
+	echo "$round,$config,$pos,$scen,$DURATION,$CLIENTS,$tps,$txns,$failed,$wal,$ok,$lsn0,$lsn1,\"$note\"" >>"$RESULTS"
+}
+
+nscen=${#SCENARIOS[@]}
+for ((round = 1; round <= ROUNDS; round++)); do
+	# alternate the order of the configs and rotate the order of the scenarios
+	if ((round % 2)); then cfgs=("${CONFIGS[@]}"); else cfgs=("${CONFIGS[1]}" "${CONFIGS[0]}"); fi
+	for config in "${cfgs[@]}"; do
+		set_config "$config"
+		log "round $round/$ROUNDS, $config (fsync=on, synchronous_commit=$(psql_q 'SHOW synchronous_commit'))"
+		for ((i = 0; i < nscen; i++)); do
+			run_one "$round" "$config" "$((i + 1))" "${SCENARIOS[(i + round - 1) % nscen]}"
+		done
+	done
+done
+
+# --- post-flight checks --------------------------------------------------
+st=$(replay_statuses)
+log "post-flight: idem_begin on the $NKEYS loaded keys -> $st"
+[[ $st == "replay=$NKEYS" ]] || { log "FAIL: expected replay=$NKEYS"; FAILURES=$((FAILURES + 1)); }
+
+"${AS_PG[@]}" "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench \
+	-P pager=off -f "$WORK/summary.sql" <"$RESULTS"
+
+echo "results: $RESULTS"
+if ((FAILURES)); then
+	echo "$FAILURES check(s) FAILED (see CHECK FAILED / FAIL lines above)" >&2
+	exit 1
+fi

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Run the pg_regress suite against a server running under valgrind memcheck
+# and fail if valgrind reports an error with a frame in the extension.
+# Run as root after test/setup.sh (installs valgrind if missing).  Slow: a
+# few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+
+bin=/usr/lib/postgresql/15/bin
+dir=$(mktemp -d /tmp/idempotency-valgrind.XXXXXX)
+rsync -a --exclude .git ./ "$dir/src-copy/"
+chown -R postgres "$dir"
+as_pg() { su postgres -c "$*"; }
+cleanup() {
+    as_pg "$bin/pg_ctl -D '$dir/data' -m immediate stop" >/dev/null 2>&1 || true
+    [ -n "${KEEP:-}" ] || rm -rf "$dir"
+}
+trap cleanup EXIT
+
+as_pg "$bin/initdb -D '$dir/data' -A trust -U postgres" >/dev/null
+cat test/idempotency.conf >> "$dir/data/postgresql.conf"
+cat >> "$dir/data/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$dir'
+port = 54330
+CONF
+
+# Every server process runs under memcheck; one log file per process.
+as_pg "valgrind --quiet --trace-children=yes --track-origins=no --leak-check=no \
+    --error-exitcode=0 --num-callers=30 --log-file='$dir/vg.%p.log' \
+    $bin/postgres -D '$dir/data' >'$dir/server.log' 2>&1 &"
+for _ in $(seq 1 600); do
+    as_pg "$bin/pg_isready -q -h '$dir' -p 54330" && break
+    sleep 0.5
+done
+
+tests=$(cd test/sql && ls *.sql | sed 's/\.sql$//' | sort | tr '\n' ' ')
+status=0
+as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+    --use-existing --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out' \
+    --bindir=$bin $tests" || status=$?
+as_pg "$bin/pg_ctl -D '$dir/data' -m fast -w stop" >/dev/null || true
+
+# Errors whose stack has a frame in our library (postgres itself is not
+# built with valgrind support, so its own allocator noise is not ours).
+ours=$(grep -l "idempotency.so" "$dir"/vg.*.log 2>/dev/null || true)
+if [ -n "$ours" ]; then
+    echo "valgrind reported errors in the extension:"
+    cat $ours
+    status=1
+else
+    errors=$(cat "$dir"/vg.*.log 2>/dev/null | grep -c "^==[0-9]*== [A-Z]" || true)
+    echo "valgrind: no error with a frame in idempotency.so ($errors lines of other reports)"
+fi
+[ $status -eq 0 ] || { [ -f "$dir/out/regression.diffs" ] && cat "$dir/out/regression.diffs"; }
+exit $status
