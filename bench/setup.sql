@@ -40,6 +40,13 @@ CREATE TABLE base_keys_noexp (
     PRIMARY KEY (scope, key)
 );
 
+-- The same storage parameters as idem_keys (autovacuum settings), whatever
+-- the installed version of the extension sets.
+SELECT format('ALTER TABLE %I SET (%s)', t, array_to_string(c.reloptions, ', '))
+  FROM pg_class c, unnest(ARRAY['base_keys', 'base_keys_noexp']) t
+ WHERE c.oid = 'idem_keys'::regclass AND c.reloptions IS NOT NULL
+\gexec
+
 -- Completed keys p-1 .. p-N for the replay path, written by the extension
 -- itself.  Each key is finished before the next is begun (an unfinished
 -- key holds a lock until idem_finish).
