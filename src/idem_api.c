@@ -376,7 +376,7 @@ BeginKey(FunctionCallInfo fcinfo, const IdemFingerprint *fp)
 	wait = PG_GETARG_BOOL(4);
 	CheckNotOpen(&key, "begin");
 
-	IdemStoreOpen(&store, &cache->oids, false);
+	IdemStoreOpen(&store, &cache->oids, true, false);
 	if (ProbeLive(&store, &key, now, &rec))
 		ResultFromRecord(&rec, fp, &res);
 	else if (!LockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live))
@@ -513,7 +513,7 @@ idem_finish(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 		body = PointerGetDatum(PG_GETARG_JSONB_P(2));
 
-	IdemStoreOpen(&store, &cache->oids, true);
+	IdemStoreOpen(&store, &cache->oids, true, true);
 	open = RequireBegunKey(&store, &key, "finish");
 	PreventCommandIfReadOnly("idem_finish()");
 	IdemOpenKeyTimes(open, &created_at, &expires_at);
@@ -539,7 +539,7 @@ idem_release(PG_FUNCTION_ARGS)
 	IdemStore	store;
 
 	GetKeyArgs(fcinfo, 0, 1, &key);
-	IdemStoreOpen(&store, &cache->oids, false);
+	IdemStoreOpen(&store, &cache->oids, false, false);
 	open = RequireBegunKey(&store, &key, "release");
 	IdemStoreClose(&store);
 	IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
@@ -568,7 +568,7 @@ idem_once(PG_FUNCTION_ARGS)
 	expires_at = GetExpiry(fcinfo, 2, now);
 	CheckNotOpen(&key, "record");
 
-	IdemStoreOpen(&store, &cache->oids, true);
+	IdemStoreOpen(&store, &cache->oids, true, true);
 	if (ProbeLive(&store, &key, now, &rec))
 		live = true;
 	else
@@ -606,7 +606,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	GetKeyArgs(fcinfo, 0, 1, &key);
 	open = IdemOpenKeyFind(&key);
 
-	IdemStoreOpen(&store, &cache->oids, false);
+	IdemStoreOpen(&store, &cache->oids, false, false);
 	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
 		rec.expires_at > now)
 	{
@@ -700,7 +700,7 @@ idem_sweep(PG_FUNCTION_ARGS)
 	if (!ConditionalLockRelationOid(cache->oids.heap, RowExclusiveLock))
 		PG_RETURN_INT64(0);
 
-	IdemStoreOpen(&store, &cache->oids, true);
+	IdemStoreOpen(&store, &cache->oids, true, true);
 	deleted = IdemStoreSweep(&store, batch, GetCurrentTransactionStartTimestamp());
 	IdemStoreClose(&store);
 

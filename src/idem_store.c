@@ -81,20 +81,25 @@ IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 }
 
 /*
- * Open the table and the indexes a call needs.  RowExclusiveLock is taken
- * even to read, as any DML would: it conflicts only with DDL, and it is a
- * fast-path lock.
+ * Open the table and the indexes a call needs.  A call that may write (any
+ * begin may, if it finds an expired record to replace) takes
+ * RowExclusiveLock as DML does; idem_lookup only reads and takes
+ * AccessShareLock.  Both are fast-path locks, and both are allowed on a hot
+ * standby.  Only inserts need the expiry index.
  */
 void
-IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool for_write)
+IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
+			  bool for_insert)
 {
-	store->heap = table_open(oids->heap, RowExclusiveLock);
+	LOCKMODE	lockmode = may_write ? RowExclusiveLock : AccessShareLock;
+
+	store->heap = table_open(oids->heap, lockmode);
 	if (RelationGetDescr(store->heap)->natts != Natts_idem_keys)
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap),
 			 RelationGetDescr(store->heap)->natts, Natts_idem_keys);
-	store->pkey = index_open(oids->pkey, RowExclusiveLock);
-	store->expiry = for_write ? index_open(oids->expiry, RowExclusiveLock) : NULL;
+	store->pkey = index_open(oids->pkey, lockmode);
+	store->expiry = for_insert ? index_open(oids->expiry, lockmode) : NULL;
 	store->slot = table_slot_create(store->heap, NULL);
 }
 

@@ -73,13 +73,13 @@ typedef struct IdemStore
 {
 	Relation	heap;
 	Relation	pkey;
-	Relation	expiry;			/* only when opened for writing */
+	Relation	expiry;			/* only when opened for inserts */
 	TupleTableSlot *slot;
 } IdemStore;
 
 extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
-						  bool for_write);
+						  bool may_write, bool for_insert);
 extern void IdemStoreClose(IdemStore *store);
 extern IdemProbeResult IdemStoreProbe(IdemStore *store, const IdemKey *key,
 									  Snapshot snapshot, bool want_body,
