@@ -456,7 +456,7 @@ DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 
 	InitDirtySnapshot(dirty);
 	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
-	if (probe == IDEM_PROBE_BUSY && TransactionIdIsValid(dirty.xmin))
+	if (probe == IDEM_PROBE_BUSY && rec.inserting)
 		return "in progress in another transaction";
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
 		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
@@ -628,7 +628,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	{
 		InitDirtySnapshot(dirty);
 		if ((IdemStoreProbe(&store, &key, &dirty, false, &rec, &xwait) == IDEM_PROBE_BUSY &&
-			 TransactionIdIsValid(dirty.xmin)) ||
+			 rec.inserting) ||
 			IdemKeyLockedByOthers(&key))
 			ResultStatusOnly("in_progress", &res);
 		else

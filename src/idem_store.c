@@ -157,8 +157,11 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
  *
  * With a dirty snapshot, a row that another live transaction is inserting or
  * deleting is reported as IDEM_PROBE_BUSY with that transaction's id in
- * *busy_xid; rec is then filled too.  With an MVCC snapshot, only FOUND or
- * ABSENT come back.
+ * *busy_xid; rec is then filled too, with rec->inserting telling an insert
+ * from a delete.  A dirty snapshot can return more than one version of the
+ * key (an expired row being deleted and its replacement being inserted):
+ * a live row wins, then a row being inserted, then one being deleted.
+ * With an MVCC snapshot, only FOUND or ABSENT come back.
  */
 IdemProbeResult
 IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
@@ -178,21 +181,30 @@ IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
 	scan = index_beginscan(store->heap, store->pkey, snapshot, 2, 0);
 	index_rescan(scan, skeys, 2, NULL, 0);
 
-	if (index_getnext_slot(scan, ForwardScanDirection, store->slot))
+	while (index_getnext_slot(scan, ForwardScanDirection, store->slot))
 	{
-		ReadRecord(store, want_body, rec);
-		result = IDEM_PROBE_FOUND;
+		TransactionId xwait = InvalidTransactionId;
+		bool		inserting = false;
 
 		if (snapshot->snapshot_type == SNAPSHOT_DIRTY)
 		{
-			TransactionId xwait = TransactionIdIsValid(snapshot->xmin) ?
-			snapshot->xmin : snapshot->xmax;
+			inserting = TransactionIdIsValid(snapshot->xmin);
+			xwait = inserting ? snapshot->xmin : snapshot->xmax;
+		}
 
-			if (TransactionIdIsValid(xwait))
-			{
-				*busy_xid = xwait;
-				result = IDEM_PROBE_BUSY;
-			}
+		if (!TransactionIdIsValid(xwait))
+		{
+			ReadRecord(store, want_body, rec);
+			rec->inserting = false;
+			result = IDEM_PROBE_FOUND;
+			break;
+		}
+		if (result == IDEM_PROBE_ABSENT || (inserting && !rec->inserting))
+		{
+			ReadRecord(store, want_body, rec);
+			rec->inserting = inserting;
+			*busy_xid = xwait;
+			result = IDEM_PROBE_BUSY;
 		}
 	}
 

@@ -50,6 +50,7 @@ typedef struct IdemRecord
 	IdemFingerprint fingerprint;
 	bool		body_isnull;
 	Datum		response_body;	/* detoasted copy, or 0 if not asked for */
+	bool		inserting;		/* BUSY: the busy transaction inserts it */
 } IdemRecord;
 
 typedef enum IdemProbeResult

@@ -59,12 +59,12 @@ struct IdemOpenKey
 
 static HTAB *open_keys = NULL;
 
-/* Fill a lock tag for a key. */
+/* Fill the lock tag of the key whose (scope, key) hash is given. */
 static void
-SetKeyLockTag(LOCKTAG *tag, const IdemKey *key)
+SetKeyLockTag(LOCKTAG *tag, uint64 hash)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
-						 (uint32) (key->hash >> 32), (uint32) key->hash,
+						 (uint32) (hash >> 32), (uint32) hash,
 						 IDEM_LOCKTAG_CLASS);
 }
 
@@ -84,7 +84,7 @@ IdemKeyLock(const IdemKey *key, bool wait)
 	LOCKTAG		tag;
 	LockAcquireResult result;
 
-	SetKeyLockTag(&tag, key);
+	SetKeyLockTag(&tag, key->hash);
 	CurrentResourceOwner = CurTransactionResourceOwner;
 	result = LockAcquire(&tag, ExclusiveLock, false, !wait);
 	CurrentResourceOwner = save;
@@ -111,7 +111,7 @@ IdemKeyUnlock(const IdemKey *key)
 {
 	LOCKTAG		tag;
 
-	SetKeyLockTag(&tag, key);
+	SetKeyLockTag(&tag, key->hash);
 	ReleaseKeyLock(&tag);
 }
 
@@ -122,7 +122,7 @@ IdemKeyLockedByOthers(const IdemKey *key)
 	LOCKTAG		tag;
 	VirtualTransactionId *holders;
 
-	SetKeyLockTag(&tag, key);
+	SetKeyLockTag(&tag, key->hash);
 	holders = GetLockConflicts(&tag, ExclusiveLock, NULL);
 	return VirtualTransactionIdIsValid(holders[0]);
 }
@@ -317,10 +317,7 @@ CheckUnfinishedKeys(bool prepare)
 
 			if (open->state != IDEM_OPEN_BEGUN)
 				continue;
-			SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-								 (uint32) (open->tag.hash >> 32),
-								 (uint32) open->tag.hash,
-								 IDEM_LOCKTAG_CLASS);
+			SetKeyLockTag(&tag, open->tag.hash);
 			ReleaseKeyLock(&tag);
 		}
 	}
@@ -354,9 +351,12 @@ IdemXactCallback(XactEvent event, void *arg)
 
 /*
  * Subtransaction callback.  On commit, what the subtransaction did becomes
- * its parent's (as its locks do).  On abort, keys it began are forgotten
- * (its resource owner releases their locks), and keys it finished or
- * released are begun again, since their row or release is rolled back.
+ * its parent's (as its locks do); a key finished or released there that now
+ * sits at the level that began it is done for good, so its lock is let go
+ * (it is held by the parent's resource owner) and it is forgotten.  On
+ * abort, keys the subtransaction began are forgotten (its resource owner
+ * releases their locks), and keys it finished or released are begun again,
+ * since their row or release is rolled back.
  */
 static void
 IdemSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
@@ -378,7 +378,20 @@ IdemSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 			if (open->begin_subid == mySubid)
 				open->begin_subid = parentSubid;
 			if (open->done_subid == mySubid)
+			{
 				open->done_subid = parentSubid;
+				if (open->begin_subid == parentSubid)
+				{
+					ResourceOwner save = CurrentResourceOwner;
+					LOCKTAG		tag;
+
+					SetKeyLockTag(&tag, open->tag.hash);
+					CurrentResourceOwner = ResourceOwnerGetParent(CurTransactionResourceOwner);
+					LockRelease(&tag, ExclusiveLock, false);
+					CurrentResourceOwner = save;
+					hash_search(open_keys, &open->tag, HASH_REMOVE, NULL);
+				}
+			}
 		}
 		else if (open->begin_subid == mySubid)
 			hash_search(open_keys, &open->tag, HASH_REMOVE, NULL);
