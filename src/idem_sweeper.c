@@ -232,10 +232,15 @@ ForgetMissingDatabases(List *targets)
 
 /*
  * Run one worker for a database and wait for it to exit.  Returns true if
- * it stopped before the end of the expired set.
+ * it stopped before the end of the expired set.  "continuing" tells the
+ * worker that it carries on a pass an earlier worker began.
+ *
+ * The launcher clears the "more" flag before each start, so a worker that
+ * dies before reporting (its database was just dropped, say) ends the
+ * database's turn instead of being started again and again.
  */
 static bool
-RunWorker(SweepTarget *target, bool *out_of_slots)
+RunWorker(SweepTarget *target, bool continuing, bool *out_of_slots)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -253,7 +258,14 @@ RunWorker(SweepTarget *target, bool *out_of_slots)
 			 NameStr(target->datname));
 	snprintf(worker.bgw_type, BGW_MAXLEN, "idempotency sweeper");
 	worker.bgw_main_arg = ObjectIdGetDatum(target->dboid);
+	memcpy(worker.bgw_extra, &continuing, sizeof(bool));
 	worker.bgw_notify_pid = MyProcPid;
+
+	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+	s = StatusSlot(target->dboid, false);
+	if (s != NULL)
+		s->more = false;
+	LWLockRelease(sweeper_shared->lock);
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
@@ -307,6 +319,7 @@ SweepAllDatabases(void)
 	foreach(lc, targets)
 	{
 		SweepTarget *target = lfirst(lc);
+		bool		continuing = false;
 
 		for (;;)
 		{
@@ -314,8 +327,9 @@ SweepAllDatabases(void)
 			ReloadIfPending();
 			if (!idem_sweeper_enabled || RecoveryInProgress())
 				goto done;
-			if (!RunWorker(target, &out_of_slots))
+			if (!RunWorker(target, continuing, &out_of_slots))
 				break;
+			continuing = true;
 		}
 		if (out_of_slots)
 			break;
@@ -461,6 +475,7 @@ void
 idem_sweeper_worker_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
+	bool		continuing;
 	TimestampTz start;
 	MemoryContext cxt;
 	char	   *datname;
@@ -470,6 +485,7 @@ idem_sweeper_worker_main(Datum main_arg)
 	char	   *volatile error = NULL;
 	SweepStatus *s;
 
+	memcpy(&continuing, MyBgworkerEntry->bgw_extra, sizeof(bool));
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -517,7 +533,7 @@ idem_sweeper_worker_main(Datum main_arg)
 	{
 		namestrcpy(&s->datname, datname);
 		/* a worker that continues a pass adds to it */
-		if (!s->more)
+		if (!continuing || s->last_start == 0)
 		{
 			s->last_start = start;
 			s->keys_removed = 0;
