@@ -30,18 +30,10 @@ for v in DURATION ROUNDS CLIENTS NKEYS; do
 done
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BINDIR=$("$PG_CONFIG" --bindir)
-PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
-[[ -e $PKGLIBDIR/idempotency.so ]] || { echo "run.sh: $PKGLIBDIR/idempotency.so not found; run make install first" >&2; exit 2; }
-
-if [[ $EUID -eq 0 ]]; then
-	AS_PG=(runuser -u postgres --)
-elif [[ $(id -un) == postgres ]]; then
-	AS_PG=()
-else
-	echo "run.sh: run as root or as postgres" >&2
-	exit 2
-fi
+PROG=run.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+bench_init
 
 CONFIGS=(sync_commit_on sync_commit_off)
 SCENARIOS=(ext_write base_write base_write_noexp ext_replay base_replay)
@@ -49,58 +41,11 @@ SCENARIOS=(ext_write base_write base_write_noexp ext_replay base_replay)
 TS=$(date +%Y%m%d-%H%M%S)
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 RESULTS=$RESULTS_DIR/$TS.csv
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/idem-bench.XXXXXX")
-DATA=$WORK/data
-STARTED=0
 FAILURES=0
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+bench_workdir idem-bench scenarios setup.sql summary.sql
 
-cleanup() {
-	local rc=$?
-	set +e
-	if [[ $STARTED == 1 ]]; then
-		"${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1
-	fi
-	if [[ $KEEP == 1 ]]; then
-		echo "KEEP=1: cluster directory left in $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Everything the postgres user reads lives in $WORK (the checkout may not be
-# readable or may be someone's home directory); run from there too.
-chmod 700 "$WORK"
-cp -r "$BENCH_DIR/scenarios" "$BENCH_DIR/setup.sql" "$BENCH_DIR/summary.sql" "$WORK/"
-[[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$WORK"
-cd "$WORK"
-
-# The server listens on a unix socket in $WORK only (listen_addresses = ''),
-# so the port just names the socket; pick one no TCP listener uses anyway.
-PORT=$((20000 + RANDOM % 30000))
-if command -v ss >/dev/null; then
-	while ss -Hltn "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
-fi
-
-psql_q() {	# one query, unaligned tuples-only output
-	"${AS_PG[@]}" "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench -c "$1"
-}
-
-log "initdb in $WORK (PostgreSQL $("$BINDIR/postgres" --version | awk '{print $NF}'), $(nproc) CPUs)"
-"${AS_PG[@]}" "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
-	|| { cat "$WORK/initdb.log" >&2; exit 1; }
-cat >>"$DATA/postgresql.conf" <<EOF
-
-# --- idempotency benchmark ---
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PORT
-shared_preload_libraries = 'idempotency'
+bench_start_cluster <<EOF
 idempotency.sweeper = off
 shared_buffers = 256MB
 fsync = on
@@ -111,10 +56,6 @@ checkpoint_timeout = 1h
 max_wal_size = 4GB
 log_checkpoints = off
 EOF
-"${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w start >/dev/null \
-	|| { cat "$WORK/server.log" >&2; exit 1; }
-STARTED=1
-"${AS_PG[@]}" "$BINDIR/createdb" -h "$WORK" -p "$PORT" -U postgres bench
 
 log "loading: extension, baseline tables, $NKEYS completed keys"
 "${AS_PG[@]}" "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -v nkeys="$NKEYS" \
