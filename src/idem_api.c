@@ -684,8 +684,6 @@ idem_sweep(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = GetCallCache(fcinfo, false);
 	int32		batch;
-	IdemStore	store;
-	int64		deleted;
 
 	RequireArg(fcinfo, 0, "batch");
 	batch = PG_GETARG_INT32(0);
@@ -696,13 +694,6 @@ idem_sweep(PG_FUNCTION_ARGS)
 				 errdetail("The batch given was %d.", batch)));
 	PreventCommandIfReadOnly("idem_sweep()");
 
-	/* DDL on the table (a lock we would queue behind) means: not now */
-	if (!ConditionalLockRelationOid(cache->oids.heap, RowExclusiveLock))
-		PG_RETURN_INT64(0);
-
-	IdemStoreOpen(&store, &cache->oids, true, true);
-	deleted = IdemStoreSweep(&store, batch, GetCurrentTransactionStartTimestamp());
-	IdemStoreClose(&store);
-
-	PG_RETURN_INT64(deleted);
+	PG_RETURN_INT64(IdemStoreSweep(&cache->oids, batch,
+								   GetCurrentTransactionStartTimestamp(), NULL));
 }

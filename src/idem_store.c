@@ -73,8 +73,15 @@ LookupStoreRelation(const char *name, Oid nspid)
 void
 IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 {
-	Oid			nspid = get_func_namespace(fcinfo->flinfo->fn_oid);
+	IdemStoreResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
+}
 
+/*
+ * Find the store's relations in a given schema (the extension's).
+ */
+void
+IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids)
+{
 	oids->heap = LookupStoreRelation(IDEM_TABLE_NAME, nspid);
 	oids->pkey = LookupStoreRelation(IDEM_PKEY_NAME, nspid);
 	oids->expiry = LookupStoreRelation(IDEM_EXPIRY_NAME, nspid);
@@ -309,22 +316,35 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid)
  * or has changed since our snapshot is skipped, never waited for.  Rows that
  * are not yet committed are not visible to the snapshot and so are never
  * touched.
+ *
+ * With resume_from, the walk starts at *resume_from and *resume_from is
+ * advanced to the last expires_at visited: a caller running batch after
+ * batch then does not walk again over the index entries of rows it already
+ * deleted, which, while some old snapshot keeps them from being marked
+ * dead, would make a pass quadratic in the backlog.  Rows skipped below the
+ * resume point are left for the next pass.
  */
-int64
-IdemStoreSweep(IdemStore *store, int64 batch, TimestampTz now)
+static int64
+SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
+			   TimestampTz *resume_from)
 {
-	ScanKeyData skey;
+	ScanKeyData skeys[2];
+	int			nkeys = 1;
 	IndexScanDesc scan;
 	int64		deleted = 0;
 	Snapshot	snapshot = GetActiveSnapshot();
 
 	Assert(store->expiry != NULL);
-	ScanKeyEntryInitialize(&skey, 0, 1, BTLessEqualStrategyNumber,
+	ScanKeyEntryInitialize(&skeys[0], 0, 1, BTLessEqualStrategyNumber,
 						   InvalidOid, InvalidOid, F_TIMESTAMP_LE,
 						   TimestampTzGetDatum(now));
+	if (resume_from != NULL && *resume_from != DT_NOBEGIN)
+		ScanKeyEntryInitialize(&skeys[nkeys++], 0, 1, BTGreaterEqualStrategyNumber,
+							   InvalidOid, InvalidOid, F_TIMESTAMP_GE,
+							   TimestampTzGetDatum(*resume_from));
 
-	scan = index_beginscan(store->heap, store->expiry, snapshot, 1, 0);
-	index_rescan(scan, &skey, 1, NULL, 0);
+	scan = index_beginscan(store->heap, store->expiry, snapshot, nkeys, 0);
+	index_rescan(scan, skeys, nkeys, NULL, 0);
 
 	while (deleted < batch &&
 		   index_getnext_slot(scan, ForwardScanDirection, store->slot))
@@ -332,9 +352,36 @@ IdemStoreSweep(IdemStore *store, int64 batch, TimestampTz now)
 		CHECK_FOR_INTERRUPTS();
 		if (IdemStoreDelete(store, &store->slot->tts_tid))
 			deleted++;
+		if (resume_from != NULL)
+		{
+			bool		isnull;
+
+			*resume_from = DatumGetTimestampTz(slot_getattr(store->slot,
+															Anum_expires_at,
+															&isnull));
+		}
 	}
 
 	index_endscan(scan);
 	ExecClearTuple(store->slot);
+	return deleted;
+}
+
+/*
+ * One sweep batch in the caller's transaction: see SweepOpenStore.  If
+ * DDL holds the table (a lock we would queue behind), does nothing.
+ */
+int64
+IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
+			   TimestampTz *resume_from)
+{
+	IdemStore	store;
+	int64		deleted;
+
+	if (!ConditionalLockRelationOid(oids->heap, RowExclusiveLock))
+		return 0;
+	IdemStoreOpen(&store, oids, true, true);
+	deleted = SweepOpenStore(&store, batch, now, resume_from);
+	IdemStoreClose(&store);
 	return deleted;
 }

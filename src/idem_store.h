@@ -79,6 +79,7 @@ typedef struct IdemStore
 } IdemStore;
 
 extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
+extern void IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
 						  bool may_write, bool for_insert);
 extern void IdemStoreClose(IdemStore *store);
@@ -92,6 +93,7 @@ extern void IdemStoreInsert(IdemStore *store, const IdemKey *key, char state,
 							bool code_isnull, int32 response_code,
 							Datum response_body);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid);
-extern int64 IdemStoreSweep(IdemStore *store, int64 batch, TimestampTz now);
+extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
+							TimestampTz now, TimestampTz *resume_from);
 
 #endif							/* IDEM_STORE_H */

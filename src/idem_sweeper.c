@@ -6,8 +6,9 @@
  * idempotency.sweep_interval, lists the databases that allow connections,
  * and for each starts one short-lived worker, one at a time.  The worker
  * connects, returns at once if the extension is not installed (or the
- * server is in recovery), and otherwise calls idem_sweep() in transactions
- * of idempotency.sweep_batch_size keys until the expired set is exhausted.
+ * server is in recovery), and otherwise sweeps the key store (as
+ * idem_sweep() does) in transactions of idempotency.sweep_batch_size keys
+ * until the expired set is exhausted.
  *
  * Workers never stay connected long: PostgreSQL before 19 makes DROP
  * DATABASE wait for (and fail after five seconds on) any background worker
@@ -47,6 +48,7 @@
 #include "utils/timestamp.h"
 
 #include "idem_guc.h"
+#include "idem_store.h"
 #include "idem_sweeper.h"
 
 #define SWEEPER_MAX_DATABASES	256
@@ -383,7 +385,7 @@ idem_sweeper_launcher_main(Datum main_arg)
 	}
 }
 
-/* Run one SQL statement in the worker's open transaction; one int8 result. */
+/* Run one SQL query in the worker's open transaction; first column of the first row. */
 static bool
 RunScalarQuery(const char *sql, int nargs, Oid *argtypes, Datum *args,
 			   Datum *result)
@@ -406,57 +408,47 @@ static int64
 SweepThisDatabase(bool *installed, bool *more)
 {
 	TimestampTz start = GetCurrentTimestamp();
-	char	   *sweep_sql = NULL;
+	TimestampTz resume_from = DT_NOBEGIN;
+	IdemStoreOids oids;
 	int64		removed = 0;
 
 	*installed = false;
 	*more = false;
 	for (;;)
 	{
-		Datum		value;
 		int64		deleted = 0;
 		int			batch = idem_sweep_batch_size;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "idempotency sweep");
 
-		if (sweep_sql == NULL)
+		if (!*installed)
 		{
+			Datum		nspid;
+
 			/* only a committed, fully created extension is visible here */
-			if (RunScalarQuery("SELECT n.nspname::pg_catalog.text"
-							   " FROM pg_catalog.pg_extension e"
-							   " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
-							   " WHERE e.extname = 'idempotency'",
-							   0, NULL, NULL, &value))
-			{
-				MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-				sweep_sql = psprintf("SELECT %s.idem_sweep($1)",
-									 quote_identifier(TextDatumGetCString(value)));
-				MemoryContextSwitchTo(old);
-			}
+			SPI_connect();
+			*installed = RunScalarQuery("SELECT e.extnamespace FROM pg_catalog.pg_extension e"
+										" WHERE e.extname = 'idempotency'",
+										0, NULL, NULL, &nspid);
+			SPI_finish();
+			if (*installed)
+				IdemStoreResolveInSchema(DatumGetObjectId(nspid), &oids);
 		}
-		if (sweep_sql != NULL)
-		{
-			Oid			argtype = INT4OID;
-			Datum		arg = Int32GetDatum(batch);
+		if (*installed)
+			deleted = IdemStoreSweep(&oids, batch,
+									 GetCurrentTransactionStartTimestamp(),
+									 &resume_from);
 
-			*installed = true;
-			if (RunScalarQuery(sweep_sql, 1, &argtype, &arg, &value))
-				deleted = DatumGetInt64(value);
-		}
-
-		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
 		removed += deleted;
-		if (sweep_sql == NULL || deleted < batch)
+		if (!*installed || deleted < batch)
 			break;
 		if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WORKER_TIME_BUDGET_MS))
 		{
