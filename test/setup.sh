@@ -10,7 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync)
+# server and build; TAP; examples (libpq for C, psycopg for Python,
+# PgBouncer for the pooling test); valgrind for test/valgrind.sh
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync
+          libpq-dev python3-psycopg pgbouncer valgrind)
+command -v node >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
