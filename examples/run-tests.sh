@@ -8,19 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-bin=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d /tmp/idempotency-examples.XXXXXX)
-chown postgres "$dir"
-as_pg() { su postgres -c "$*"; }
-cleanup() {
-    as_pg "$bin/pg_ctl -D '$dir/data' -m immediate stop" >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
+. test/cluster.sh
 port=${EXAMPLES_PORT:-54340}
-as_pg "$bin/initdb -D '$dir/data' -A trust -U postgres" >/dev/null
-as_pg "$bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -w start -o \"-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c shared_preload_libraries=idempotency -c max_connections=200\"" >/dev/null
+cluster_init idempotency-examples
+cluster_start "$port" "-c listen_addresses=127.0.0.1 -c max_connections=200"
+bin=$PG_BIN
+dir=$CLUSTER_DIR
 
 export PGHOST=$dir PGPORT=$port PGUSER=postgres
 passed=0

@@ -8,18 +8,11 @@ cd "$(dirname "$0")/.."
 
 bash test/setup.sh
 
-bin=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d /tmp/idempotency-demo.XXXXXX)
-chown postgres "$dir"
-as_pg() { su postgres -c "$*"; }
-cleanup() {
-    as_pg "$bin/pg_ctl -D '$dir/data' -m immediate stop" >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-as_pg "$bin/initdb -D '$dir/data' -A trust -U postgres" >/dev/null
-as_pg "$bin/pg_ctl -D '$dir/data' -l '$dir/log' -w start -o \"-p 54329 -k '$dir' -c listen_addresses='' -c shared_preload_libraries=idempotency\"" >/dev/null
+. test/cluster.sh
+cluster_init idempotency-demo
+cluster_start 54329 "-c listen_addresses=''"
+bin=$PG_BIN
+dir=$CLUSTER_DIR
 
 psql_demo() { as_pg "$bin/psql -X -q -h '$dir' -p 54329 -d postgres -v ON_ERROR_STOP=1 $*"; }
 

@@ -8,18 +8,12 @@ cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 
-bin=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d /tmp/idempotency-valgrind.XXXXXX)
+. test/cluster.sh
+cluster_init idempotency-valgrind
+bin=$PG_BIN
+dir=$CLUSTER_DIR
 rsync -a --exclude .git ./ "$dir/src-copy/"
 chown -R postgres "$dir"
-as_pg() { su postgres -c "$*"; }
-cleanup() {
-    as_pg "$bin/pg_ctl -D '$dir/data' -m immediate stop" >/dev/null 2>&1 || true
-    [ -n "${KEEP:-}" ] || rm -rf "$dir"
-}
-trap cleanup EXIT
-
-as_pg "$bin/initdb -D '$dir/data' -A trust -U postgres" >/dev/null
 cat test/idempotency.conf >> "$dir/data/postgresql.conf"
 cat >> "$dir/data/postgresql.conf" <<CONF
 listen_addresses = ''
