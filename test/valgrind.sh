@@ -33,7 +33,7 @@ done
 tests=$(cd test/sql && ls *.sql | sed 's/\.sql$//' | sort | tr '\n' ' ')
 status=0
 as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
-    --use-existing --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out' \
+    --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out' \
     --bindir=$bin $tests" || status=$?
 as_pg "$bin/pg_ctl -D '$dir/data' -m fast -w stop" >/dev/null || true
 
