@@ -22,158 +22,29 @@
 # "SELECT NOT EXISTS (... FROM effects ...)" check (and drops idem_finish)
 # leaves keys with several effects rows and fails the "at most one effects
 # row per key" test in every run.
+#
+# The pgbench script and the checks live in IdemStress.pm, which
+# 034_pgbouncer.pl runs unchanged through PgBouncer.
 
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::RealBin;
+
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-
-my $clients = 16;
-my $keys = 20;
-my $rounds = 10;
-my $seconds = 2;
+use IdemStress;
 
 my $node = PostgreSQL::Test::Cluster->new('stress');
 $node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'idempotency'
-idempotency.sweeper = off
-max_connections = 50
-});
+$node->append_conf('postgresql.conf', $IdemStress::conf);
 $node->start;
 
-$node->safe_psql(
-	'postgres', q{
-CREATE EXTENSION idempotency;
-CREATE TABLE effects (key text, attempt int);
-CREATE TABLE oddities (key text, status text);
-CREATE SEQUENCE started_seq;
-CREATE SEQUENCE replay_seq;
-CREATE SEQUENCE busy_seq;
-});
-
-# One transaction per script run.  The key is 'r<round>-<slice>-<k>': the
-# slice changes every 50 ms, so a fresh set of hot keys comes up 20 times a
-# second and the clients keep meeting keys that are begun but unfinished or
-# finished but uncommitted.  The holder naps up to 2 ms between idem_begin
-# and idem_finish to widen that window.  1 in 8 begins use wait => false:
-# their in_progress answers show that the contention did happen.
-# Sequences are not transactional, so they count every outcome, including
-# those rolled back.  Any other status (mismatch cannot happen: no request
-# body; in_progress only with wait => false) is recorded in oddities.
-my $script = q{
-\set k random(1, } . $keys . q{)
-\set attempt random(1, 2000000000)
-\set giveup random(1, 4)
-\set late random(1, 8)
-\set nowait random(1, 8)
-\set nap random(0, 2000)
-SELECT (extract(epoch FROM clock_timestamp()) * 20)::bigint AS slice \gset
-BEGIN;
-SELECT status, (status = 'started')::int AS started, (status = 'replay')::int AS replay, (status = 'in_progress' AND :nowait = 1)::int AS busy FROM idem_begin('r' || :round || '-' || :slice || '-' || :k, wait => :nowait <> 1) \gset
-\if :started
-SELECT nextval('started_seq');
-\if :giveup = 1
-ROLLBACK;
-\else
-\sleep :nap us
-INSERT INTO effects VALUES ('r' || :round || '-' || :slice || '-' || :k, :attempt);
-SELECT idem_finish('r' || :round || '-' || :slice || '-' || :k, 201, jsonb_build_object('attempt', :attempt));
-\if :late = 1
-ROLLBACK;
-\else
-COMMIT;
-\endif
-\endif
-\elif :replay
-SELECT nextval('replay_seq');
-COMMIT;
-\elif :busy
-SELECT nextval('busy_seq');
-ROLLBACK;
-\else
-INSERT INTO oddities VALUES ('r' || :round || '-' || :slice || '-' || :k, ':status');
-COMMIT;
-\endif
-};
-
-my $start = time();
-for my $round (1 .. $rounds)
-{
-	$node->pgbench(
-		"--no-vacuum --client=$clients --jobs=4 --time=$seconds --define=round=$round",
-		0,
-		[
-			qr{actually processed: [1-9]},
-			qr{number of failed transactions: 0 \(}
-		],
-		[qr{^$}],
-		"pgbench round $round: no failed transaction, no aborted client",
-		{ "010_stress_$round" => $script });
-}
-note sprintf("%d rounds of pgbench took %d s", $rounds, time() - $start);
-
-my ($started, $replays, $busy, $completed, $effects) = split /\|/,
-  $node->safe_psql(
-	'postgres', q{
-SELECT (SELECT last_value FROM started_seq),
-       (SELECT last_value FROM replay_seq),
-       (SELECT last_value FROM busy_seq),
-       (SELECT count(*) FROM idem_keys),
-       (SELECT count(*) FROM effects)});
-note "started $started times, replayed $replays times, "
-  . "in_progress (wait => false) $busy times, "
-  . "$completed keys completed, $effects effects rows";
-
-is($node->safe_psql('postgres', 'SELECT count(*) FROM oddities'),
-	'0', 'every idem_begin returned started or replay (or in_progress with wait => false)');
-
-is( $node->safe_psql(
-		'postgres', q{
-SELECT count(*) FROM (SELECT key FROM effects GROUP BY key HAVING count(*) > 1) d}
-	),
-	'0',
-	'no key has more than one effects row');
-
-is( $node->safe_psql(
-		'postgres', q{
-SELECT count(*)
-FROM idem_keys k
-LEFT JOIN (SELECT key, count(*) AS n FROM effects GROUP BY key) e ON e.key = k.key
-WHERE k.state = 'c' AND coalesce(e.n, 0) <> 1}
-	),
-	'0',
-	'every completed key has exactly one effects row');
-
-is( $node->safe_psql(
-		'postgres', q{
-SELECT count(*)
-FROM effects e
-LEFT JOIN idem_keys k ON k.scope = '' AND k.key = e.key AND k.state = 'c'
-WHERE k.key IS NULL}
-	),
-	'0',
-	'every effects row has a completed key');
-
-is( $node->safe_psql(
-		'postgres', q{
-SELECT count(*) FROM idem_keys k JOIN effects e ON e.key = k.key
-WHERE k.response_code <> 201
-   OR (k.response_body ->> 'attempt')::int <> e.attempt}
-	),
-	'0',
-	'each stored response belongs to the transaction that did the work');
-
-# The run must really have exercised the races: keys completed, keys taken
-# again after a rollback (more "started" than completed keys), and begins
-# that found a key held by another transaction.
-cmp_ok($completed, '>=', $rounds * $keys, 'keys were completed');
-cmp_ok($started, '>', $completed, 'some started keys were rolled back and begun again');
-cmp_ok($replays, '>', 0, 'some begins replayed');
-cmp_ok($busy, '>', 0, 'some begins met a key in progress');
+IdemStress::setup($node);
+IdemStress::run($node, file => '010_stress');
+IdemStress::check($node);
 
 $node->stop;
 done_testing();
