@@ -1,0 +1,54 @@
+"""An at-least-once message consumer made exactly-once-in-effect with idem_once.
+
+The broker may deliver a message more than once, out of order, and to several
+consumers at the same time.  The consumer records the message id with
+idem_once() in the SAME transaction as its effect, so the record and the effect
+commit together or not at all:
+
+  * first delivery: idem_once() returns true, the effect is applied, COMMIT;
+  * redelivery after that commit: idem_once() returns false, nothing is done;
+  * a concurrent delivery of the same message waits for the first transaction
+    to end, then gets false (it committed) or true (it rolled back);
+  * a crash before COMMIT rolls back the effect and the id together, so the
+    redelivery applies the message as if it were the first.
+
+Acknowledge the message to the broker only after handle() returns.
+"""
+
+from dataclasses import dataclass
+
+import psycopg
+
+SCOPE = "ledger-consumer"  # one scope per consumer: another consumer may see the same ids
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    account: int
+    amount: int
+
+
+def handle(conn: psycopg.Connection, msg: Message, before_commit=None) -> bool:
+    """Apply msg once.  Return True if this call applied it, False if it was a duplicate.
+
+    conn must be in autocommit mode, so that conn.transaction() is the whole
+    transaction.  before_commit is a hook for tests (to simulate a crash).
+    """
+    with conn.transaction():
+        first = conn.execute(
+            "SELECT idem_once(%s, scope => %s)", (msg.id, SCOPE)
+        ).fetchone()[0]
+        if not first:
+            return False  # already applied by a committed transaction: just ack
+        conn.execute(
+            "UPDATE accounts SET balance = balance + %s WHERE id = %s",
+            (msg.amount, msg.account),
+        )
+        conn.execute(
+            "INSERT INTO ledger (message_id, account, amount) VALUES (%s, %s, %s)",
+            (msg.id, msg.account, msg.amount),
+        )
+        if before_commit is not None:
+            before_commit(conn)
+    return True
