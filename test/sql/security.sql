@@ -201,6 +201,186 @@ SELECT status, response_body FROM idem_begin('lk-2', '{"a": 1}'::jsonb);
 SELECT status FROM idem_begin('lk-2', '{"a": 3}'::jsonb);
 RESET search_path;
 
+------------------------------------------------------------------------
+-- what the role cannot do to the extension itself: add objects to its
+-- schema or to pg_catalog, replace, alter or drop its functions and view,
+-- add objects to the extension, bind the C library to functions of its
+-- own (language C is untrusted), or hang rules and policies on the table
+------------------------------------------------------------------------
+SET ROLE regress_idem_app;
+SELECT stmt, try(stmt) FROM (VALUES
+  ($$CREATE FUNCTION public.idem_begin(key varchar) RETURNS text LANGUAGE sql AS 'SELECT 1'$$),
+  ($$CREATE OR REPLACE FUNCTION public.idem_sweep(batch int4 DEFAULT 10000) RETURNS int8 LANGUAGE sql AS 'SELECT 0'$$),
+  ($$CREATE TABLE public.idem_keys_shadow (x int)$$),
+  ($$CREATE OR REPLACE VIEW public.idem_sweeper_status AS SELECT 1 AS x$$),
+  ($$CREATE FUNCTION pg_catalog.texteq(text, text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'$$),
+  ($$CREATE OPERATOR pg_catalog.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = pg_catalog.texteq)$$),
+  ($$ALTER FUNCTION public.idem_lookup(text, text) SET search_path = regress_evil$$),
+  ($$ALTER FUNCTION public.idem_lookup(text, text) RENAME TO idem_lookup_old$$),
+  ($$ALTER FUNCTION public.idem_lookup(text, text) OWNER TO regress_idem_app$$),
+  ($$ALTER FUNCTION public.idem_lookup(text, text) SECURITY DEFINER$$),
+  ($$DROP FUNCTION public.idem_lookup(text, text)$$),
+  ($$ALTER VIEW public.idem_sweeper_status RENAME TO x$$),
+  ($$ALTER EXTENSION idempotency ADD SCHEMA regress_evil$$),
+  ($$ALTER EXTENSION idempotency DROP FUNCTION public.idem_lookup(text, text)$$),
+  ($$CREATE FUNCTION regress_evil.my_lookup(text, text) RETURNS record LANGUAGE c AS '$libdir/idempotency', 'idem_lookup'$$),
+  ($$CREATE RULE r AS ON INSERT TO public.idem_keys DO INSTEAD NOTHING$$),
+  ($$CREATE POLICY p ON public.idem_keys USING (true)$$),
+  ($$ALTER TABLE public.idem_keys ENABLE ROW LEVEL SECURITY$$),
+  ($$COMMENT ON FUNCTION public.idem_lookup(text, text) IS 'x'$$)
+) v(stmt);
+-- a REVOKE from someone who never granted anything does nothing
+REVOKE EXECUTE ON FUNCTION public.idem_lookup(text, text) FROM PUBLIC;
+RESET ROLE;
+SELECT has_function_privilege('public', 'public.idem_lookup(text, text)', 'EXECUTE') AS public_execute;
+
+------------------------------------------------------------------------
+-- more look-alikes, in a second schema of the role's: every comparison
+-- and computation the extension makes (response code range on int4,
+-- expiry on timestamptz, ttl on interval, state on "char", key order on
+-- text), the SQL names of the C functions behind them and of hashing and
+-- clock functions, indexes named like the extension's, and a temporary
+-- idem_keys (pg_temp comes first for tables whatever the search_path, and
+-- in a pooled connection it outlives the client that created it)
+------------------------------------------------------------------------
+CREATE SCHEMA regress_evil2 AUTHORIZATION regress_idem_app;
+SET ROLE regress_idem_app;
+CREATE FUNCTION regress_evil2.yes(int4, int4) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR regress_evil2.=  (LEFTARG = int4, RIGHTARG = int4, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<  (LEFTARG = int4, RIGHTARG = int4, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.>  (LEFTARG = int4, RIGHTARG = int4, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.>= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = regress_evil2.yes);
+CREATE FUNCTION regress_evil2.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR regress_evil2.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<  (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.>  (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.>= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil2.yes);
+CREATE FUNCTION regress_evil2.yes(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR regress_evil2.=  (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<  (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = regress_evil2.yes);
+CREATE FUNCTION regress_evil2.yes(interval, interval) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR regress_evil2.=  (LEFTARG = interval, RIGHTARG = interval, FUNCTION = regress_evil2.yes);
+CREATE OPERATOR regress_evil2.<= (LEFTARG = interval, RIGHTARG = interval, FUNCTION = regress_evil2.yes);
+CREATE FUNCTION regress_evil2.yes("char", "char") RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR regress_evil2.=  (LEFTARG = "char", RIGHTARG = "char", FUNCTION = regress_evil2.yes);
+CREATE FUNCTION regress_evil2.y2k(timestamptz, interval) RETURNS timestamptz
+  LANGUAGE sql IMMUTABLE AS $$SELECT '2000-01-01 00:00:00+00'::timestamptz$$;
+CREATE OPERATOR regress_evil2.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = regress_evil2.y2k);
+CREATE OPERATOR regress_evil2.- (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = regress_evil2.y2k);
+CREATE FUNCTION regress_evil2.timestamptz_pl_interval(timestamptz, interval) RETURNS timestamptz
+  LANGUAGE sql IMMUTABLE AS $$SELECT '2000-01-01 00:00:00+00'::timestamptz$$;
+CREATE FUNCTION regress_evil2.transaction_timestamp() RETURNS timestamptz
+  LANGUAGE sql AS $$SELECT '2000-01-01 00:00:00+00'::timestamptz$$;
+CREATE FUNCTION regress_evil2.statement_timestamp() RETURNS timestamptz
+  LANGUAGE sql AS $$SELECT '2000-01-01 00:00:00+00'::timestamptz$$;
+CREATE FUNCTION regress_evil2.clock_timestamp() RETURNS timestamptz
+  LANGUAGE sql AS $$SELECT '2000-01-01 00:00:00+00'::timestamptz$$;
+CREATE FUNCTION regress_evil2.bttextcmp(text, text) RETURNS int4 LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+CREATE FUNCTION regress_evil2.jsonb_cmp(jsonb, jsonb) RETURNS int4 LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+CREATE FUNCTION regress_evil2.hashtextextended(text, int8) RETURNS int8 LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+CREATE FUNCTION regress_evil2.md5(text) RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT '0'$$;
+CREATE FUNCTION regress_evil2.sha512(bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$SELECT '\x00'::bytea$$;
+CREATE FUNCTION regress_evil2.digest(bytea, text) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$SELECT '\x00'::bytea$$;
+CREATE FUNCTION regress_evil2.pg_try_advisory_xact_lock(int8) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE FUNCTION regress_evil2.pg_advisory_lock(int8) RETURNS void LANGUAGE sql AS 'SELECT';
+CREATE TABLE regress_evil2.idem_keys (LIKE regress_evil.idem_keys);
+CREATE INDEX idem_keys_pkey ON regress_evil2.idem_keys (scope, key);
+CREATE INDEX idem_keys_expires_at ON regress_evil2.idem_keys (expires_at);
+CREATE TEMP TABLE idem_keys (LIKE regress_evil.idem_keys);
+INSERT INTO pg_temp.idem_keys
+VALUES (now(), now() + interval '1 day', 200, 'c', 'tenant-b', 'app-1', NULL, '{"temp": true}'),
+       (now(), now() + interval '1 day', 200, 'c', 'tenant-b', 'sp-1', NULL, '{"temp": true}');
+SET search_path = regress_evil2, regress_evil, pg_catalog, public;
+-- in effect for plain SQL, and the temporary table is what idem_keys means
+SELECT 1 = 2 AS int_eq, 'b'::text < 'a'::text AS text_lt, now() + interval '1 day' AS plus_day,
+       clock_timestamp() AS clock, md5('x') AS md5;
+SELECT key, response_body FROM idem_keys ORDER BY key COLLATE "C";
+-- the role's calls, every function: nothing of that reaches the extension
+SELECT status, response_code, response_body FROM idem_lookup('app-1', 'tenant-b');
+BEGIN;
+SELECT status, created_at OPERATOR(pg_catalog.=) pg_catalog.now() AS real_now,
+       expires_at OPERATOR(pg_catalog.-) created_at OPERATOR(pg_catalog.=) interval '2 hours' AS real_ttl
+FROM idem_begin('sp-1', '{"a": 1}'::jsonb, scope => 'tenant-b', ttl => '2 hours');
+SELECT try($$SELECT idem_finish('sp-1', 99, scope => 'tenant-b')$$);
+SELECT try($$SELECT idem_finish('sp-1', 600, scope => 'tenant-b')$$);
+SELECT try($$SELECT status FROM idem_begin('sp-x', ttl => '1 month -30 days')$$);
+SELECT idem_finish('sp-1', 201, '{"r": "sp-1"}'::jsonb, 'tenant-b');
+SELECT status FROM idem_begin('sp-2', 'body'::text, scope => 'tenant-b');
+SELECT idem_release('sp-2', 'tenant-b');
+SELECT try($$SELECT idem_release('sp-2', 'tenant-b')$$);
+SELECT idem_once('sp-3', 'tenant-b') AS once_first, idem_once('sp-3', 'tenant-b') AS once_again;
+COMMIT;
+SELECT status, response_code, response_body FROM idem_begin('sp-1', '{"a": 1}'::jsonb, scope => 'tenant-b');
+SELECT status, response_code, response_body FROM idem_begin('sp-1', '{"a": 2}'::jsonb, scope => 'tenant-b');
+SELECT status FROM idem_lookup('sp-1', 'tenant-c');
+SELECT status FROM idem_lookup('sp-0', 'tenant-b');
+SELECT encode(idem_fingerprint('abc'::text), 'hex') AS abc;
+SELECT idem_sweep() AS swept;
+RESET search_path;
+RESET ROLE;
+
+-- a superuser in the same session (so with the same temporary idem_keys)
+-- and with the same search_path
+SET search_path = regress_evil2, regress_evil, pg_catalog, public;
+SELECT key, response_body FROM idem_keys ORDER BY key COLLATE "C";
+SELECT status, response_code, response_body FROM idem_lookup('sp-1', 'tenant-b');
+BEGIN;
+SELECT status, created_at OPERATOR(pg_catalog.=) pg_catalog.now() AS real_now,
+       expires_at OPERATOR(pg_catalog.-) created_at OPERATOR(pg_catalog.=) interval '2 hours' AS real_ttl
+FROM idem_begin('su-1', '{"a": 1}'::jsonb, ttl => '2 hours');
+SELECT try($$SELECT idem_finish('su-1', 99)$$);
+SELECT try($$SELECT status FROM idem_begin('su-x', ttl => '-1 day')$$);
+SELECT idem_finish('su-1', 200, '{"r": "su-1"}'::jsonb);
+SELECT status FROM idem_begin('su-2', '\x01'::bytea);
+SELECT idem_release('su-2');
+SELECT idem_once('su-3') AS once_first, idem_once('su-3') AS once_again;
+COMMIT;
+SELECT status, response_code, response_body FROM idem_begin('su-1', '{"a": 1}'::jsonb);
+SELECT status FROM idem_begin('su-1', '{"a": 2}'::jsonb);
+SELECT status FROM idem_lookup('su-1', 'tenant-a');
+SELECT status FROM idem_lookup('su-2');
+SELECT encode(idem_fingerprint('abc'::text), 'hex') AS abc;
+SELECT idem_sweep() AS swept;
+RESET search_path;
+-- what was stored went to the extension's table; the look-alikes are untouched
+SELECT scope, key, response_code, response_body FROM public.idem_keys
+WHERE key LIKE 's_-_' ORDER BY scope, key;
+SELECT count(*) AS temp_rows FROM pg_temp.idem_keys;
+SELECT count(*) AS evil2_rows FROM regress_evil2.idem_keys;
+
+------------------------------------------------------------------------
+-- exact look-alikes of the extension's own functions: from this
+-- search_path an unqualified call reaches the role's function (that is
+-- how PostgreSQL resolves names, for any function; put only trusted
+-- schemas before the extension's), but it runs with the role's own
+-- privileges and cannot read the key table; a schema-qualified call
+-- always reaches the extension
+------------------------------------------------------------------------
+SET ROLE regress_idem_app;
+CREATE FUNCTION regress_evil2.idem_lookup(key text, scope text DEFAULT '',
+    OUT status text, OUT response_code int4, OUT response_body jsonb,
+    OUT created_at timestamptz, OUT expires_at timestamptz)
+  LANGUAGE sql AS $$
+    SELECT 'completed', k.response_code, k.response_body, k.created_at, k.expires_at
+    FROM public.idem_keys k WHERE k.scope = $2 AND k.key = $1 $$;
+SET search_path = regress_evil2, regress_evil, pg_catalog, public;
+SELECT try($$SELECT response_body FROM idem_lookup('secret', 'tenant-a')$$) AS own_lookalike;
+SELECT status, response_code FROM public.idem_lookup('sp-1', 'tenant-b');
+RESET search_path;
+RESET ROLE;
+SET search_path = regress_evil2, regress_evil, pg_catalog, public;
+SELECT status, response_code FROM public.idem_lookup('sp-1', 'tenant-b');
+SELECT status, response_body FROM public.idem_begin('su-1', '{"a": 1}'::jsonb);
+RESET search_path;
+
+DROP TABLE pg_temp.idem_keys;
+SET client_min_messages = warning;
+DROP SCHEMA regress_evil2 CASCADE;
+RESET client_min_messages;
+
 DROP SCHEMA regress_evil CASCADE;
 DROP ROLE regress_idem_app;
 DROP FUNCTION try(text);
