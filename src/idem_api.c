@@ -139,27 +139,43 @@ GetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 									VARSIZE_ANY_EXHDR(key->key), scope_hash);
 }
 
-/* now() + ttl, with ttl checked to be positive. */
+/* Raise 22023 for a ttl that is not positive. */
+static void
+RejectTtl(Interval *ttl)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("ttl must be positive"),
+			 errdetail("The ttl given was %s.",
+					   DatumGetCString(DirectFunctionCall1(interval_out,
+														   IntervalPGetDatum(ttl))))));
+}
+
+/*
+ * now() + ttl, with ttl checked to be positive.  A mixed interval such as
+ * '1 month -29 days' compares as positive (a month counts as 30 days) yet
+ * can land before now() in a short month or across a DST change, so the
+ * resulting time is checked too.
+ */
 static TimestampTz
 GetExpiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 {
 	Interval   *ttl;
 	Interval	zero;
+	TimestampTz expires_at;
 
 	RequireArg(fcinfo, argno, "ttl");
 	ttl = PG_GETARG_INTERVAL_P(argno);
 	memset(&zero, 0, sizeof(zero));
 	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(ttl),
 										  IntervalPGetDatum(&zero))))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be positive"),
-				 errdetail("The ttl given was %s.",
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(ttl))))));
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(now),
-												   IntervalPGetDatum(ttl)));
+		RejectTtl(ttl);
+	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														 TimestampTzGetDatum(now),
+														 IntervalPGetDatum(ttl)));
+	if (expires_at <= now)
+		RejectTtl(ttl);
+	return expires_at;
 }
 
 /* Printable key and scope for messages. */
@@ -356,10 +372,23 @@ CheckNotOpen(const IdemKey *key, const char *verb)
 			 errhint("Begin it again after RELEASE SAVEPOINT.")));
 }
 
-/* The body of the three idem_begin variants. */
-static Datum
-BeginKey(FunctionCallInfo fcinfo, const IdemFingerprint *fp)
+/* How an idem_begin variant fingerprints its request. */
+typedef enum IdemBodyKind
 {
+	IDEM_BODY_JSONB,
+	IDEM_BODY_BYTES				/* text or bytea: the exact bytes */
+} IdemBodyKind;
+
+/*
+ * The body of the three idem_begin variants.  Every other argument is
+ * checked before the body is hashed, so a bad call fails fast whatever the
+ * body's size.
+ */
+static Datum
+BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
+{
+	IdemFingerprint fingerprint;
+	const IdemFingerprint *fp = &fingerprint;
 	IdemCallCache *cache = GetCallCache(fcinfo, true);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
@@ -375,6 +404,18 @@ BeginKey(FunctionCallInfo fcinfo, const IdemFingerprint *fp)
 	RequireArg(fcinfo, 4, "wait");
 	wait = PG_GETARG_BOOL(4);
 	CheckNotOpen(&key, "begin");
+
+	fingerprint.isnull = PG_ARGISNULL(1);
+	if (!fingerprint.isnull && kind == IDEM_BODY_JSONB)
+		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fingerprint.bytes);
+	else if (!fingerprint.isnull)
+	{
+		/* text and bytea share a representation */
+		bytea	   *body = PG_GETARG_BYTEA_PP(1);
+
+		IdemFingerprintBytes(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body),
+							 fingerprint.bytes);
+	}
 
 	IdemStoreOpen(&store, &cache->oids, true, false);
 	if (ProbeLive(&store, &key, now, &rec))
@@ -403,12 +444,7 @@ BeginKey(FunctionCallInfo fcinfo, const IdemFingerprint *fp)
 Datum
 idem_begin_jsonb(PG_FUNCTION_ARGS)
 {
-	IdemFingerprint fp;
-
-	fp.isnull = PG_ARGISNULL(1);
-	if (!fp.isnull)
-		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fp.bytes);
-	return BeginKey(fcinfo, &fp);
+	return BeginKey(fcinfo, IDEM_BODY_JSONB);
 }
 
 /*
@@ -417,16 +453,7 @@ idem_begin_jsonb(PG_FUNCTION_ARGS)
 Datum
 idem_begin_text(PG_FUNCTION_ARGS)
 {
-	IdemFingerprint fp;
-
-	fp.isnull = PG_ARGISNULL(1);
-	if (!fp.isnull)
-	{
-		text	   *body = PG_GETARG_TEXT_PP(1);
-
-		IdemFingerprintBytes(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), fp.bytes);
-	}
-	return BeginKey(fcinfo, &fp);
+	return BeginKey(fcinfo, IDEM_BODY_BYTES);
 }
 
 /*
@@ -435,8 +462,7 @@ idem_begin_text(PG_FUNCTION_ARGS)
 Datum
 idem_begin_bytea(PG_FUNCTION_ARGS)
 {
-	/* text and bytea share a representation */
-	return idem_begin_text(fcinfo);
+	return BeginKey(fcinfo, IDEM_BODY_BYTES);
 }
 
 /* Describe the actual state of a key that the caller may not finish. */
