@@ -11,7 +11,6 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
-#include "common/hashfn.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -126,17 +125,11 @@ static void
 GetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 		   IdemKey *key)
 {
-	uint64		scope_hash;
-
 	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
 						  IDEM_KEY_MAX_LEN, false);
 	key->scope = GetNameArg(fcinfo, scope_argno, "idempotency scope",
 							IDEM_SCOPE_MAX_LEN, true);
-	/* seeding the key's hash with the scope's keeps the split unambiguous */
-	scope_hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key->scope),
-									 VARSIZE_ANY_EXHDR(key->scope), 0);
-	key->hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key->key),
-									VARSIZE_ANY_EXHDR(key->key), scope_hash);
+	key->hash = IdemKeyHash(key->scope, key->key);
 }
 
 /* Raise 22023 for a ttl that is not positive. */
@@ -244,6 +237,19 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	}
 }
 
+/* Result for a live record seen by idem_lookup. */
+static void
+ResultCompleted(const IdemRecord *rec, IdemResult *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->status = "completed";
+	res->code_isnull = rec->code_isnull;
+	res->response_code = rec->response_code;
+	res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+	res->created_at = rec->created_at;
+	res->expires_at = rec->expires_at;
+}
+
 /* A result with a status and nothing else. */
 static void
 ResultStatusOnly(const char *status, IdemResult *res)
@@ -276,14 +282,17 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
 
 /*
  * Wait until the key is free and decide, holding its lock: a live record
- * gives replay or mismatch (and the lock is let go), no record gives
- * "started" (and the lock is kept, for idem_begin) .  An expired record is
- * deleted first.  Returns false for "in_progress" (only when !wait).
+ * gives replay or mismatch (and the lock is let go), no live record gives
+ * "started" (and the lock is kept, for idem_begin).  An expired record, or
+ * one a sweeper is deleting, counts as none; it is removed only when the
+ * key is written (ClearExpiredRecord), so a begin itself writes nothing and
+ * a released key leaves nothing behind for others to wait on.  Returns false
+ * for "in_progress" (only when !wait).
  */
 static bool
 LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 			 TimestampTz now, const char *caller, IdemRecord *rec,
-			 bool *live)
+			 bool *live, bool *stale)
 {
 	SnapshotData dirty;
 
@@ -299,9 +308,10 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 		InitDirtySnapshot(dirty);
 		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
 
-		if (probe == IDEM_PROBE_BUSY)
+		if (probe == IDEM_PROBE_BUSY &&
+			(rec->inserting || rec->expires_at > now))
 		{
-			/* finished, or being swept, by a transaction still running */
+			/* finished by a transaction still running */
 			if (!wait)
 			{
 				IdemKeyUnlock(key);
@@ -321,12 +331,41 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 		}
 
 		PreventCommandIfReadOnly(caller);
-		if (probe == IDEM_PROBE_FOUND &&
-			!IdemStoreDelete(store, &rec->tid))
-			continue;			/* someone else is removing it: look again */
-
 		*live = false;
+		*stale = (probe != IDEM_PROBE_ABSENT);
 		return true;
+	}
+}
+
+/*
+ * Before writing a key's record, remove the expired record it replaces.
+ * Called only when LockAndProbe saw one: while we hold the key's lock no
+ * record can appear, so a key that was absent needs no second look.  The
+ * only other transaction that can be at this row is one deleting it (a
+ * sweep): wait for that one.
+ */
+static void
+ClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
+{
+	for (;;)
+	{
+		SnapshotData dirty;
+		IdemRecord	rec;
+		TransactionId xwait = InvalidTransactionId;
+		IdemProbeResult probe;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
+		if (probe == IDEM_PROBE_ABSENT)
+			return;
+		if (probe == IDEM_PROBE_BUSY)
+			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
+		else if (rec.expires_at <= now)
+			(void) IdemStoreDelete(store, &rec.tid);
+		else
+			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
+				 KeyName(key));
 	}
 }
 
@@ -398,6 +437,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemRecord	rec;
 	IdemResult	res;
 	bool		live;
+	bool		stale = false;
 
 	GetKeyArgs(fcinfo, 0, 2, &key);
 	expires_at = GetExpiry(fcinfo, 3, now);
@@ -420,13 +460,13 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemStoreOpen(&store, &cache->oids, true, false);
 	if (ProbeLive(&store, &key, now, &rec))
 		ResultFromRecord(&rec, fp, &res);
-	else if (!LockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live))
+	else if (!LockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live, &stale))
 		ResultStatusOnly("in_progress", &res);
 	else if (live)
 		ResultFromRecord(&rec, fp, &res);
 	else
 	{
-		IdemOpenKeyAdd(&key, fp, now, expires_at);
+		IdemOpenKeyAdd(&key, fp, now, expires_at, stale);
 		memset(&res, 0, sizeof(res));
 		res.status = "started";
 		res.code_isnull = true;
@@ -480,6 +520,8 @@ DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 			"already finished in this transaction" :
 			"already released in this transaction";
 
+	if (IdemKeyLockedByOthers(key))
+		return "in progress in another transaction";
 	InitDirtySnapshot(dirty);
 	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
 	if (probe == IDEM_PROBE_BUSY && rec.inserting)
@@ -487,8 +529,6 @@ DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
 		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
 			"already finished in this transaction" : "completed";
-	if (IdemKeyLockedByOthers(key))
-		return "in progress in another transaction";
 	return "absent";
 }
 
@@ -543,6 +583,8 @@ idem_finish(PG_FUNCTION_ARGS)
 	open = RequireBegunKey(&store, &key, "finish");
 	PreventCommandIfReadOnly("idem_finish()");
 	IdemOpenKeyTimes(open, &created_at, &expires_at);
+	if (IdemOpenKeyReplaces(open))
+		ClearExpiredRecord(&store, &key, created_at);
 	IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED,
 					IdemOpenKeyFingerprint(open), created_at, expires_at,
 					false, code, body);
@@ -587,7 +629,8 @@ idem_once(PG_FUNCTION_ARGS)
 	TimestampTz expires_at;
 	IdemStore	store;
 	IdemRecord	rec;
-	bool		live;
+	bool		live = false;
+	bool		stale = false;
 	IdemFingerprint no_body = {.isnull = true};
 
 	GetKeyArgs(fcinfo, 0, 1, &key);
@@ -599,9 +642,11 @@ idem_once(PG_FUNCTION_ARGS)
 		live = true;
 	else
 	{
-		(void) LockAndProbe(&store, &key, true, now, "idem_once()", &rec, &live);
+		(void) LockAndProbe(&store, &key, true, now, "idem_once()", &rec, &live, &stale);
 		if (!live)
 		{
+			if (stale)
+				ClearExpiredRecord(&store, &key, now);
 			IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED, &no_body,
 							now, expires_at, true, 0, (Datum) 0);
 			IdemKeyUnlock(&key);
@@ -635,30 +680,41 @@ idem_lookup(PG_FUNCTION_ARGS)
 	IdemStoreOpen(&store, &cache->oids, false, false);
 	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
 		rec.expires_at > now)
-	{
-		memset(&res, 0, sizeof(res));
-		res.status = "completed";
-		res.code_isnull = rec.code_isnull;
-		res.response_code = rec.response_code;
-		res.response_body = rec.body_isnull ? (Datum) 0 : rec.response_body;
-		res.created_at = rec.created_at;
-		res.expires_at = rec.expires_at;
-	}
+		ResultCompleted(&rec, &res);
 	else if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
 	{
 		ResultStatusOnly("in_progress", &res);
 		res.times_isnull = false;
 		IdemOpenKeyTimes(open, &res.created_at, &res.expires_at);
 	}
+	else if (IdemKeyLockedByOthers(&key))
+		ResultStatusOnly("in_progress", &res);
 	else
 	{
+		/*
+		 * A key goes from its lock to its row: looking at the lock first, then
+		 * at rows any transaction is writing, cannot miss both.  A row that
+		 * committed after our snapshot is reported as idem_begin would.
+		 */
 		InitDirtySnapshot(dirty);
-		if ((IdemStoreProbe(&store, &key, &dirty, false, &rec, &xwait) == IDEM_PROBE_BUSY &&
-			 rec.inserting) ||
-			IdemKeyLockedByOthers(&key))
-			ResultStatusOnly("in_progress", &res);
-		else
-			ResultStatusOnly("absent", &res);
+		switch (IdemStoreProbe(&store, &key, &dirty, true, &rec, &xwait))
+		{
+			case IDEM_PROBE_BUSY:
+				ResultStatusOnly(rec.inserting ? "in_progress" : "absent", &res);
+				break;
+			case IDEM_PROBE_FOUND:
+				if (rec.expires_at > now)
+				{
+					CheckRecordVisible(&rec, &key);
+					ResultCompleted(&rec, &res);
+				}
+				else
+					ResultStatusOnly("absent", &res);
+				break;
+			case IDEM_PROBE_ABSENT:
+				ResultStatusOnly("absent", &res);
+				break;
+		}
 	}
 	IdemStoreClose(&store);
 

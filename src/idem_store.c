@@ -30,12 +30,14 @@
 #include "catalog/pg_collation.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
 #include "idem_store.h"
+#include "idem_xact.h"
 
 /* Attribute numbers of idem_keys; must match the install script. */
 #define Anum_created_at		1
@@ -51,6 +53,21 @@
 #define IDEM_TABLE_NAME		"idem_keys"
 #define IDEM_PKEY_NAME		"idem_keys_pkey"
 #define IDEM_EXPIRY_NAME	"idem_keys_expires_at"
+
+/*
+ * The 64-bit hash of (scope, key) that names the key's lock.  Seeding the
+ * key's hash with the scope's keeps the split between them unambiguous.
+ */
+uint64
+IdemKeyHash(const text *scope, const text *key)
+{
+	uint64		scope_hash;
+
+	scope_hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
+									 VARSIZE_ANY_EXHDR(scope), 0);
+	return hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
+							   VARSIZE_ANY_EXHDR(key), scope_hash);
+}
 
 /* Look up one of the store's relations in the extension's schema. */
 static Oid
@@ -208,7 +225,8 @@ IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
 		}
 		if (result == IDEM_PROBE_ABSENT || (inserting && !rec->inserting))
 		{
-			ReadRecord(store, want_body, rec);
+			/* never detoast a row whose fate is open: its toast may go */
+			ReadRecord(store, false, rec);
 			rec->inserting = inserting;
 			*busy_xid = xwait;
 			result = IDEM_PROBE_BUSY;
@@ -299,6 +317,7 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid)
 	{
 		case TM_Ok:
 			return true;
+		case TM_SelfModified:	/* an earlier call in this command took it */
 		case TM_Updated:
 		case TM_Deleted:
 		case TM_BeingModified:
@@ -311,9 +330,26 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid)
 }
 
 /*
+ * Is the key of the record in the slot begun by another transaction right
+ * now?  The sweeper leaves such a key alone: that transaction will replace
+ * the expired record itself when it finishes.
+ */
+static bool
+KeyHeldByOthers(TupleTableSlot *slot)
+{
+	IdemKey		key;
+	bool		isnull;
+
+	key.scope = DatumGetTextPP(slot_getattr(slot, Anum_scope, &isnull));
+	key.key = DatumGetTextPP(slot_getattr(slot, Anum_key, &isnull));
+	key.hash = IdemKeyHash(key.scope, key.key);
+	return IdemKeyLockedByOthers(&key);
+}
+
+/*
  * Delete up to batch records whose expires_at <= now, walking the expiry
- * index in order.  A row that another transaction is deleting, re-beginning
- * or has changed since our snapshot is skipped, never waited for.  Rows that
+ * index in order.  A row that another transaction is deleting, has begun
+ * again or has changed since our snapshot is skipped, never waited for.  Rows that
  * are not yet committed are not visible to the snapshot and so are never
  * touched.
  *
@@ -350,7 +386,8 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 		   index_getnext_slot(scan, ForwardScanDirection, store->slot))
 	{
 		CHECK_FOR_INTERRUPTS();
-		if (IdemStoreDelete(store, &store->slot->tts_tid))
+		if (!KeyHeldByOthers(store->slot) &&
+			IdemStoreDelete(store, &store->slot->tts_tid))
 			deleted++;
 		if (resume_from != NULL)
 		{
@@ -369,7 +406,8 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 
 /*
  * One sweep batch in the caller's transaction: see SweepOpenStore.  If
- * DDL holds the table (a lock we would queue behind), does nothing.
+ * DDL holds the table or an index (a lock we would queue behind), does
+ * nothing; locks already taken stay until transaction end, as usual.
  */
 int64
 IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
@@ -378,7 +416,9 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 	IdemStore	store;
 	int64		deleted;
 
-	if (!ConditionalLockRelationOid(oids->heap, RowExclusiveLock))
+	if (!ConditionalLockRelationOid(oids->heap, RowExclusiveLock) ||
+		!ConditionalLockRelationOid(oids->pkey, RowExclusiveLock) ||
+		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock))
 		return 0;
 	IdemStoreOpen(&store, oids, true, true);
 	deleted = SweepOpenStore(&store, batch, now, resume_from);

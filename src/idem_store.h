@@ -78,6 +78,7 @@ typedef struct IdemStore
 	TupleTableSlot *slot;
 } IdemStore;
 
+extern uint64 IdemKeyHash(const text *scope, const text *key);
 extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
 extern void IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,

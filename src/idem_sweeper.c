@@ -32,6 +32,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -400,17 +401,19 @@ RunScalarQuery(const char *sql, int nargs, Oid *argtypes, Datum *args,
 	return !isnull;
 }
 
+/* Keys this worker removed in committed batches (kept across an error). */
+static int64 worker_removed = 0;
+
 /*
- * Sweep this database in transactions of one batch each.  Returns the
- * number of keys removed; sets *installed and *more.
+ * Sweep this database in transactions of one batch each, adding what each
+ * committed batch removed to worker_removed.  Sets *installed and *more.
  */
-static int64
+static void
 SweepThisDatabase(bool *installed, bool *more)
 {
 	TimestampTz start = GetCurrentTimestamp();
 	TimestampTz resume_from = DT_NOBEGIN;
 	IdemStoreOids oids;
-	int64		removed = 0;
 
 	*installed = false;
 	*more = false;
@@ -447,7 +450,7 @@ SweepThisDatabase(bool *installed, bool *more)
 		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		removed += deleted;
+		worker_removed += deleted;
 		if (!*installed || deleted < batch)
 			break;
 		if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WORKER_TIME_BUDGET_MS))
@@ -457,7 +460,6 @@ SweepThisDatabase(bool *installed, bool *more)
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
-	return removed;
 }
 
 /*
@@ -471,7 +473,6 @@ idem_sweeper_worker_main(Datum main_arg)
 	TimestampTz start;
 	MemoryContext cxt;
 	char	   *datname;
-	volatile int64 removed = 0;
 	volatile bool installed = false;
 	volatile bool more = false;
 	char	   *volatile error = NULL;
@@ -496,7 +497,7 @@ idem_sweeper_worker_main(Datum main_arg)
 		bool		found;
 		bool		unfinished;
 
-		removed = SweepThisDatabase(&found, &unfinished);
+		SweepThisDatabase(&found, &unfinished);
 		installed = found;
 		more = unfinished;
 	}
@@ -531,10 +532,18 @@ idem_sweeper_worker_main(Datum main_arg)
 			s->keys_removed = 0;
 			s->last_duration_us = 0;
 		}
-		s->keys_removed += removed;
+		s->keys_removed += worker_removed;
 		s->last_duration_us += GetCurrentTimestamp() - start;
 		s->more = more;
-		strlcpy(s->last_error, error ? error : "", SWEEPER_ERROR_LEN);
+		/* clipped on a character boundary */
+		s->last_error[0] = '\0';
+		if (error)
+		{
+			int			len = pg_mbcliplen(error, strlen(error), SWEEPER_ERROR_LEN - 1);
+
+			memcpy(s->last_error, error, len);
+			s->last_error[len] = '\0';
+		}
 	}
 	LWLockRelease(sweeper_shared->lock);
 

@@ -55,6 +55,7 @@ struct IdemOpenKey
 	IdemFingerprint fingerprint;
 	TimestampTz created_at;
 	TimestampTz expires_at;
+	bool		replaces;		/* an expired record must go first */
 };
 
 static HTAB *open_keys = NULL;
@@ -177,7 +178,7 @@ IdemOpenKeyFind(const IdemKey *key)
  */
 void
 IdemOpenKeyAdd(const IdemKey *key, const IdemFingerprint *fingerprint,
-			   TimestampTz created_at, TimestampTz expires_at)
+			   TimestampTz created_at, TimestampTz expires_at, bool replaces)
 {
 	IdemKeyTag	tag;
 	IdemOpenKey *open;
@@ -206,6 +207,7 @@ IdemOpenKeyAdd(const IdemKey *key, const IdemFingerprint *fingerprint,
 	open->fingerprint = *fingerprint;
 	open->created_at = created_at;
 	open->expires_at = expires_at;
+	open->replaces = replaces;
 }
 
 /* Accessors, so callers need not know the struct. */
@@ -219,6 +221,12 @@ const IdemFingerprint *
 IdemOpenKeyFingerprint(const IdemOpenKey *open)
 {
 	return &open->fingerprint;
+}
+
+bool
+IdemOpenKeyReplaces(const IdemOpenKey *open)
+{
+	return open->replaces;
 }
 
 void

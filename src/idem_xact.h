@@ -24,9 +24,11 @@ extern bool IdemKeyLockedByOthers(const IdemKey *key);
 extern IdemOpenKey *IdemOpenKeyFind(const IdemKey *key);
 extern void IdemOpenKeyAdd(const IdemKey *key,
 						   const IdemFingerprint *fingerprint,
-						   TimestampTz created_at, TimestampTz expires_at);
+						   TimestampTz created_at, TimestampTz expires_at,
+						   bool replaces);
 extern IdemOpenState IdemOpenKeyState(const IdemOpenKey *open);
 extern const IdemFingerprint *IdemOpenKeyFingerprint(const IdemOpenKey *open);
+extern bool IdemOpenKeyReplaces(const IdemOpenKey *open);
 extern void IdemOpenKeyTimes(const IdemOpenKey *open,
 							 TimestampTz *created_at, TimestampTz *expires_at);
 extern void IdemOpenKeyClose(IdemOpenKey *open, const IdemKey *key,

@@ -518,3 +518,12 @@ COMMIT;
 SELECT count(*) AS rows FROM idem_keys WHERE scope = 'gs' AND response_code = 201;
 -- keep the database small for the files that follow
 DELETE FROM idem_keys WHERE scope IN ('batch', 'gs');
+
+------------------------------------------------------------------------
+-- two calls in one command that both remove the same expired record:
+-- idem_once replaces it, the sweep in the same command skips it
+------------------------------------------------------------------------
+INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'same-command', NULL, NULL);
+SELECT idem_once('same-command') AS first, idem_sweep() AS swept;
+SELECT status FROM idem_lookup('same-command');
