@@ -525,5 +525,6 @@ DELETE FROM idem_keys WHERE scope IN ('batch', 'gs');
 ------------------------------------------------------------------------
 INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
 VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'same-command', NULL, NULL);
-SELECT idem_once('same-command') AS first, idem_sweep() AS swept;
-SELECT status FROM idem_lookup('same-command');
+-- (other keys of this file may expire meanwhile, so the sweep's count is not shown)
+SELECT idem_once('same-command') AS first, idem_sweep() IS NOT NULL AS swept;
+SELECT status, response_code FROM idem_lookup('same-command');
