@@ -388,12 +388,11 @@ idem_sweeper_launcher_main(Datum main_arg)
 
 /* Run one SQL query in the worker's open transaction; first column of the first row. */
 static bool
-RunScalarQuery(const char *sql, int nargs, Oid *argtypes, Datum *args,
-			   Datum *result)
+RunScalarQuery(const char *sql, Datum *result)
 {
 	bool		isnull;
 
-	if (SPI_execute_with_args(sql, nargs, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "idempotency sweeper: query failed: %s", sql);
 	if (SPI_processed == 0)
 		return false;
@@ -435,7 +434,7 @@ SweepThisDatabase(bool *installed, bool *more)
 			SPI_connect();
 			*installed = RunScalarQuery("SELECT e.extnamespace FROM pg_catalog.pg_extension e"
 										" WHERE e.extname = 'idempotency'",
-										0, NULL, NULL, &nspid);
+										&nspid);
 			SPI_finish();
 			if (*installed)
 				IdemStoreResolveInSchema(DatumGetObjectId(nspid), &oids);
@@ -567,6 +566,7 @@ idem_sweeper_status(PG_FUNCTION_ARGS)
 	for (int i = 0; i < SWEEPER_MAX_DATABASES; i++)
 	{
 		SweepStatus *s = &sweeper_shared->dbs[i];
+		Interval   *duration;
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
@@ -574,12 +574,9 @@ idem_sweeper_status(PG_FUNCTION_ARGS)
 			continue;
 		values[0] = CStringGetTextDatum(NameStr(s->datname));
 		values[1] = TimestampTzGetDatum(s->last_start);
-		values[2] = DirectFunctionCall2(interval_mul,
-										DirectFunctionCall3(interval_in,
-															CStringGetDatum("1 microsecond"),
-															ObjectIdGetDatum(InvalidOid),
-															Int32GetDatum(-1)),
-										Float8GetDatum((double) s->last_duration_us));
+		duration = palloc0(sizeof(Interval));
+		duration->time = s->last_duration_us;
+		values[2] = IntervalPGetDatum(duration);
 		values[3] = Int64GetDatum(s->keys_removed);
 		if (s->last_error[0] != '\0')
 			values[4] = CStringGetTextDatum(s->last_error);
