@@ -17,6 +17,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdemRequests;
 use Time::HiRes qw(time);
 
 my $t0 = time;
@@ -32,49 +35,11 @@ idempotency.sweeper = off
 $node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE app');
 
-# requests: every request sent so far, with the variant it was sent with and
-# what a retry must get (expect); begin_request() sends one again (with a
-# different body if other).  Both are dumped with the application.
+# The application (IdemRequests.pm): requests records every request sent so
+# far and what a retry must get; begin_request() sends one again.  Both are
+# dumped with the application.
 $node->safe_psql(
-	'app', q{
-CREATE EXTENSION idempotency;
-CREATE TABLE orders (scope text NOT NULL, key text NOT NULL, note text);
-CREATE TABLE requests (scope text NOT NULL, key text NOT NULL, kind text NOT NULL,
-                       jbody jsonb, tbody text, bbody bytea, ttl interval NOT NULL,
-                       code int NOT NULL, response jsonb, expect text NOT NULL,
-                       PRIMARY KEY (scope, key));
-CREATE FUNCTION begin_request(r requests, other boolean DEFAULT false)
-RETURNS TABLE (status text, response_code int, response_body jsonb,
-               created_at timestamptz, expires_at timestamptz)
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF r.kind = 'jsonb' THEN
-        RETURN QUERY SELECT * FROM idem_begin(r.key,
-            CASE WHEN other THEN coalesce(r.jbody, '{}') || '{"other": 1}' ELSE r.jbody END,
-            r.scope, r.ttl);
-    ELSIF r.kind = 'text' THEN
-        RETURN QUERY SELECT * FROM idem_begin(r.key,
-            CASE WHEN other THEN r.tbody || ' ' ELSE r.tbody END, r.scope, r.ttl);
-    ELSIF r.kind = 'bytea' THEN
-        RETURN QUERY SELECT * FROM idem_begin(r.key,
-            CASE WHEN other THEN r.bbody || '\x00'::bytea ELSE r.bbody END, r.scope, r.ttl);
-    ELSE
-        -- idem_once: true is reported as started, false as replay
-        RETURN QUERY SELECT CASE WHEN idem_once(r.key, r.scope, r.ttl)
-                                 THEN 'started' ELSE 'replay' END,
-                            NULL::int, NULL::jsonb, NULL::timestamptz, NULL::timestamptz;
-    END IF;
-END $$;
-CREATE FUNCTION handle(r requests) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE s text;
-BEGIN
-    SELECT b.status INTO s FROM begin_request(r) b;
-    IF s = 'started' AND r.kind <> 'once' THEN
-        INSERT INTO orders VALUES (r.scope, r.key, 'done');
-        PERFORM idem_finish(r.key, r.code, r.response, r.scope);
-    END IF;
-    RETURN s;
-END $$;
+	'app', "CREATE EXTENSION idempotency;\n" . $IdemRequests::schema . q{
 
 -- 50 of each variant, a third of them scoped; some without a response body
 INSERT INTO requests

@@ -1,0 +1,51 @@
+# Shared by the TAP tests that replay recorded requests (032, 033): the
+# application side, created in a database after the extension.  requests
+# records what was sent (kind jsonb, text, bytea or once; the body of its
+# kind; ttl; the response to store; the status a retry must get);
+# begin_request() sends a request again (with a different body if other);
+# handle() is the request handler, recording one order per started key.
+package IdemRequests;
+
+use strict;
+use warnings;
+
+our $schema = q{
+CREATE TABLE orders (scope text NOT NULL, key text NOT NULL);
+CREATE TABLE requests (scope text NOT NULL, key text NOT NULL, kind text NOT NULL,
+                       jbody jsonb, tbody text, bbody bytea, ttl interval NOT NULL,
+                       code int NOT NULL, response jsonb, expect text NOT NULL,
+                       PRIMARY KEY (scope, key));
+CREATE FUNCTION begin_request(r requests, other boolean DEFAULT false)
+RETURNS TABLE (status text, response_code int, response_body jsonb,
+               created_at timestamptz, expires_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF r.kind = 'jsonb' THEN
+        RETURN QUERY SELECT * FROM idem_begin(r.key,
+            CASE WHEN other THEN coalesce(r.jbody, '{}') || '{"other": 1}' ELSE r.jbody END,
+            r.scope, r.ttl);
+    ELSIF r.kind = 'text' THEN
+        RETURN QUERY SELECT * FROM idem_begin(r.key,
+            CASE WHEN other THEN r.tbody || ' ' ELSE r.tbody END, r.scope, r.ttl);
+    ELSIF r.kind = 'bytea' THEN
+        RETURN QUERY SELECT * FROM idem_begin(r.key,
+            CASE WHEN other THEN r.bbody || '\x00'::bytea ELSE r.bbody END, r.scope, r.ttl);
+    ELSE
+        RETURN QUERY SELECT CASE WHEN idem_once(r.key, r.scope, r.ttl)
+                                 THEN 'started' ELSE 'replay' END,
+                            NULL::int, NULL::jsonb, NULL::timestamptz, NULL::timestamptz;
+    END IF;
+END $$;
+CREATE FUNCTION handle(r requests) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE s text;
+BEGIN
+    SELECT b.status INTO s FROM begin_request(r) b;
+    IF s = 'started' AND r.kind <> 'once' THEN
+        INSERT INTO orders VALUES (r.scope, r.key);
+        PERFORM idem_finish(r.key, r.code, r.response, r.scope);
+    END IF;
+    RETURN s;
+END $$;
+};
+
+1;
