@@ -20,7 +20,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "idem_api.h"
 #include "idem_fingerprint.h"
+#include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
 
@@ -30,13 +32,6 @@
 
 /* Columns of the row idem_begin and idem_lookup return. */
 #define RESULT_NATTS 5
-
-/* What a call site keeps between calls, in fn_extra. */
-typedef struct IdemCallCache
-{
-	IdemStoreOids oids;
-	TupleDesc	result_desc;	/* for functions returning a row */
-} IdemCallCache;
 
 /* Values of the returned row. */
 typedef struct IdemResult
@@ -62,8 +57,8 @@ PG_FUNCTION_INFO_V1(idem_fingerprint_bytes);
 PG_FUNCTION_INFO_V1(idem_sweep);
 
 /* The call site's cache, built on first use. */
-static IdemCallCache *
-GetCallCache(FunctionCallInfo fcinfo, bool returns_row)
+IdemCallCache *
+IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
 {
 	IdemCallCache *cache = fcinfo->flinfo->fn_extra;
 
@@ -88,8 +83,8 @@ GetCallCache(FunctionCallInfo fcinfo, bool returns_row)
 }
 
 /* Raise 22004 for a NULL argument. */
-static void
-RequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
+void
+IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -105,7 +100,7 @@ GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
 	text	   *value;
 	int			len;
 
-	RequireArg(fcinfo, argno, what);
+	IdemRequireArg(fcinfo, argno, what);
 	value = PG_GETARG_TEXT_PP(argno);
 	len = VARSIZE_ANY_EXHDR(value);
 	if (len == 0 && !allow_empty)
@@ -121,8 +116,8 @@ GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
 }
 
 /* The (scope, key) of a call. */
-static void
-GetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
+void
+IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 		   IdemKey *key)
 {
 	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
@@ -132,48 +127,55 @@ GetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 	key->hash = IdemKeyHash(key->scope, key->key);
 }
 
-/* Raise 22023 for a ttl that is not positive. */
+/* Raise 22023 for a ttl (or lease) that is not positive. */
 static void
-RejectTtl(Interval *ttl)
+RejectInterval(const char *what, Interval *value)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("ttl must be positive"),
-			 errdetail("The ttl given was %s.",
+			 errmsg("%s must be positive", what),
+			 errdetail("The %s given was %s.", what,
 					   DatumGetCString(DirectFunctionCall1(interval_out,
-														   IntervalPGetDatum(ttl))))));
+														   IntervalPGetDatum(value))))));
 }
 
 /*
- * now() + ttl, with ttl checked to be positive.  A mixed interval such as
+ * now() + ttl (or another interval argument, named what), checked to be
+ * positive.  A mixed interval such as
  * '1 month -29 days' compares as positive (a month counts as 30 days) yet
  * can land before now() in a short month or across a DST change, so the
  * resulting time is checked too.
  */
-static TimestampTz
-GetExpiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+TimestampTz
+IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
+			  TimestampTz now)
 {
-	Interval   *ttl;
-	Interval	zero;
-	TimestampTz expires_at;
+	IdemRequireArg(fcinfo, argno, what);
+	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), what);
+}
 
-	RequireArg(fcinfo, argno, "ttl");
-	ttl = PG_GETARG_INTERVAL_P(argno);
+/* now + value, which must be positive and land after now. */
+TimestampTz
+IdemAddInterval(TimestampTz now, Interval *value, const char *what)
+{
+	Interval	zero;
+	TimestampTz result;
+
 	memset(&zero, 0, sizeof(zero));
-	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(ttl),
+	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
 										  IntervalPGetDatum(&zero))))
-		RejectTtl(ttl);
-	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														 TimestampTzGetDatum(now),
-														 IntervalPGetDatum(ttl)));
-	if (expires_at <= now)
-		RejectTtl(ttl);
-	return expires_at;
+		RejectInterval(what, value);
+	result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													 TimestampTzGetDatum(now),
+													 IntervalPGetDatum(value)));
+	if (result <= now)
+		RejectInterval(what, value);
+	return result;
 }
 
 /* Printable key and scope for messages. */
-static char *
-KeyName(const IdemKey *key)
+char *
+IdemKeyName(const IdemKey *key)
 {
 	char	   *k = text_to_cstring(key->key);
 
@@ -183,8 +185,8 @@ KeyName(const IdemKey *key)
 }
 
 /* Do two fingerprints match?  NULL (no body) matches only NULL. */
-static bool
-FingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
+bool
+IdemFingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
 {
 	if (a->isnull || b->isnull)
 		return a->isnull && b->isnull;
@@ -198,8 +200,8 @@ FingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
  * application's ordinary retry runs again with a new snapshot (contract
  * section 5).
  */
-static void
-CheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
+void
+IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
 {
 	if (!IsolationUsesXactSnapshot())
 		return;
@@ -209,12 +211,17 @@ CheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("could not serialize access due to concurrent use of idempotency key %s",
-						KeyName(key)),
+						IdemKeyName(key)),
 				 errdetail("The key was completed by a transaction that committed after this transaction's snapshot was taken."),
 				 errhint("Retry the transaction; the retry will see the stored response.")));
 }
 
-/* Result for a live record: replay or mismatch. */
+/*
+ * Result for a live record: replay or mismatch, or for a leased key whose
+ * work is still going on in some other transaction, in_progress.  A begin
+ * cannot wait for a lease (it spans transactions); idem_lease takes over a
+ * lease that ran out.
+ */
 static void
 ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 				 IdemResult *res)
@@ -222,7 +229,12 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	memset(res, 0, sizeof(*res));
 	res->created_at = rec->created_at;
 	res->expires_at = rec->expires_at;
-	if (FingerprintsMatch(&rec->fingerprint, fp))
+	if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
+	{
+		res->status = "in_progress";
+		res->code_isnull = true;
+	}
+	else if (IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
 		res->status = "replay";
 		res->code_isnull = rec->code_isnull;
@@ -237,12 +249,12 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	}
 }
 
-/* Result for a live record seen by idem_lookup. */
+/* Result for a live record seen by idem_lookup: completed, or leased. */
 static void
 ResultCompleted(const IdemRecord *rec, IdemResult *res)
 {
 	memset(res, 0, sizeof(*res));
-	res->status = "completed";
+	res->status = rec->state == IDEM_STATE_LEASED ? "in_progress" : "completed";
 	res->code_isnull = rec->code_isnull;
 	res->response_code = rec->response_code;
 	res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
@@ -258,6 +270,23 @@ ResultStatusOnly(const char *status, IdemResult *res)
 	res->status = status;
 	res->code_isnull = true;
 	res->times_isnull = true;
+}
+
+/* Count a begin's outcome in idem_stats. */
+static void
+CountBeginResult(const IdemResult *res)
+{
+	IdemStatKind kind;
+
+	if (strcmp(res->status, "replay") == 0)
+		kind = IDEM_STAT_REPLAY;
+	else if (strcmp(res->status, "started") == 0)
+		kind = IDEM_STAT_STARTED;
+	else if (strcmp(res->status, "mismatch") == 0)
+		kind = IDEM_STAT_MISMATCH;
+	else
+		kind = IDEM_STAT_IN_PROGRESS;
+	IdemStatsAdd(kind, 1);
 }
 
 /* Build the returned row. */
@@ -325,7 +354,7 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
 		{
 			IdemKeyUnlock(key);
-			CheckRecordVisible(rec, key);
+			IdemCheckRecordVisible(rec, key);
 			*live = true;
 			return true;
 		}
@@ -344,8 +373,8 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
  * only other transaction that can be at this row is one deleting it (a
  * sweep): wait for that one.
  */
-static void
-ClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
+void
+IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
 {
 	for (;;)
 	{
@@ -365,7 +394,7 @@ ClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
 			(void) IdemStoreDelete(store, &rec.tid);
 		else
 			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
-				 KeyName(key));
+				 IdemKeyName(key));
 	}
 }
 
@@ -384,15 +413,15 @@ ProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
 	if (IdemStoreProbe(store, key, &dirty, true, rec, &xwait) == IDEM_PROBE_FOUND &&
 		rec->expires_at > now)
 	{
-		CheckRecordVisible(rec, key);
+		IdemCheckRecordVisible(rec, key);
 		return true;
 	}
 	return false;
 }
 
 /* Refuse to begin a key that this transaction has open. */
-static void
-CheckNotOpen(const IdemKey *key, const char *verb)
+void
+IdemCheckNotOpen(const IdemKey *key, const char *verb)
 {
 	IdemOpenKey *open = IdemOpenKeyFind(key);
 
@@ -402,12 +431,12 @@ CheckNotOpen(const IdemKey *key, const char *verb)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s idempotency key %s because this transaction has already begun it",
-						verb, KeyName(key)),
+						verb, IdemKeyName(key)),
 				 errhint("Call idem_finish() or idem_release() first.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot %s idempotency key %s because a subtransaction still open released it",
-					verb, KeyName(key)),
+					verb, IdemKeyName(key)),
 			 errhint("Begin it again after RELEASE SAVEPOINT.")));
 }
 
@@ -428,7 +457,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 {
 	IdemFingerprint fingerprint;
 	const IdemFingerprint *fp = &fingerprint;
-	IdemCallCache *cache = GetCallCache(fcinfo, true);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	TimestampTz expires_at;
@@ -439,11 +468,11 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	bool		live;
 	bool		stale = false;
 
-	GetKeyArgs(fcinfo, 0, 2, &key);
-	expires_at = GetExpiry(fcinfo, 3, now);
-	RequireArg(fcinfo, 4, "wait");
+	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	expires_at = IdemGetExpiry(fcinfo, 3, "ttl", now);
+	IdemRequireArg(fcinfo, 4, "wait");
 	wait = PG_GETARG_BOOL(4);
-	CheckNotOpen(&key, "begin");
+	IdemCheckNotOpen(&key, "begin");
 
 	fingerprint.isnull = PG_ARGISNULL(1);
 	if (!fingerprint.isnull && kind == IDEM_BODY_JSONB)
@@ -475,6 +504,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	}
 	IdemStoreClose(&store);
 
+	CountBeginResult(&res);
 	return MakeResultDatum(cache, &res);
 }
 
@@ -506,8 +536,8 @@ idem_begin_bytea(PG_FUNCTION_ARGS)
 }
 
 /* Describe the actual state of a key that the caller may not finish. */
-static const char *
-DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
+const char *
+IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	SnapshotData dirty;
@@ -526,6 +556,9 @@ DescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
 	if (probe == IDEM_PROBE_BUSY && rec.inserting)
 		return "in progress in another transaction";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
+		rec.state == IDEM_STATE_LEASED)
+		return "leased (pass the token that idem_lease() returned)";
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
 		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
 			"already finished in this transaction" : "completed";
@@ -546,29 +579,30 @@ RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot %s idempotency key %s because it is %s",
-					verb, KeyName(key), DescribeKeyState(store, key, open)),
+					verb, IdemKeyName(key), IdemDescribeKeyState(store, key, open)),
 			 errhint("idem_%s() applies only to a key that this transaction began with idem_begin() and has neither finished nor released.",
 					 verb)));
 	return NULL;				/* keep compiler quiet */
 }
 
 /*
- * idem_finish(key text, response_code int, response_body jsonb, scope text)
+ * idem_finish(key text, response_code int, response_body jsonb, scope text,
+ *			   token uuid): the token, for a leased key, is passed only from
+ *			   version 0.2.0's SQL definition.
  */
 Datum
 idem_finish(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	IdemKey		key;
 	int32		code;
 	Datum		body = (Datum) 0;
 	IdemOpenKey *open;
 	IdemStore	store;
-	TimestampTz created_at;
-	TimestampTz expires_at;
+	IdemRecord	rec;
 
-	GetKeyArgs(fcinfo, 0, 3, &key);
-	RequireArg(fcinfo, 1, "response code");
+	IdemGetKeyArgs(fcinfo, 0, 3, &key);
+	IdemRequireArg(fcinfo, 1, "response code");
 	code = PG_GETARG_INT32(1);
 	if (code < IDEM_MIN_RESPONSE_CODE || code > IDEM_MAX_RESPONSE_CODE)
 		ereport(ERROR,
@@ -580,38 +614,58 @@ idem_finish(PG_FUNCTION_ARGS)
 		body = PointerGetDatum(PG_GETARG_JSONB_P(2));
 
 	IdemStoreOpen(&store, &cache->oids, true, true);
-	open = RequireBegunKey(&store, &key, "finish");
-	PreventCommandIfReadOnly("idem_finish()");
-	IdemOpenKeyTimes(open, &created_at, &expires_at);
-	if (IdemOpenKeyReplaces(open))
-		ClearExpiredRecord(&store, &key, created_at);
-	IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED,
-					IdemOpenKeyFingerprint(open), created_at, expires_at,
-					false, code, body);
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body);
+	else
+	{
+		open = RequireBegunKey(&store, &key, "finish");
+		PreventCommandIfReadOnly("idem_finish()");
+		memset(&rec, 0, sizeof(rec));
+		rec.state = IDEM_STATE_COMPLETED;
+		rec.fingerprint = *IdemOpenKeyFingerprint(open);
+		IdemOpenKeyTimes(open, &rec.created_at, &rec.expires_at);
+		rec.response_code = code;
+		rec.response_body = body;
+		if (IdemOpenKeyReplaces(open))
+			IdemClearExpiredRecord(&store, &key, rec.created_at);
+		IdemStoreInsert(&store, &key, &rec);
+		IdemOpenKeyClose(open, &key, IDEM_OPEN_FINISHED);
+	}
 	IdemStoreClose(&store);
-	IdemOpenKeyClose(open, &key, IDEM_OPEN_FINISHED);
 
+	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
 	PG_RETURN_VOID();
 }
 
 /*
- * idem_release(key text, scope text): give up a begun key; it is absent
- * again, for this and every other transaction.
+ * idem_release(key text, scope text, token uuid): give up a begun key, or
+ * with its token a leased one; it is absent again, for this and every other
+ * transaction.
  */
 Datum
 idem_release(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	IdemKey		key;
 	IdemOpenKey *open;
 	IdemStore	store;
 
-	GetKeyArgs(fcinfo, 0, 1, &key);
-	IdemStoreOpen(&store, &cache->oids, false, false);
-	open = RequireBegunKey(&store, &key, "release");
-	IdemStoreClose(&store);
-	IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
+	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+	{
+		IdemStoreOpen(&store, &cache->oids, true, false);
+		IdemLeaseRelease(&store, &key, PG_GETARG_UUID_P(2));
+		IdemStoreClose(&store);
+	}
+	else
+	{
+		IdemStoreOpen(&store, &cache->oids, false, false);
+		open = RequireBegunKey(&store, &key, "release");
+		IdemStoreClose(&store);
+		IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
+	}
 
+	IdemStatsAdd(IDEM_STAT_RELEASES, 1);
 	PG_RETURN_VOID();
 }
 
@@ -623,7 +677,7 @@ idem_release(PG_FUNCTION_ARGS)
 Datum
 idem_once(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	TimestampTz expires_at;
@@ -631,11 +685,10 @@ idem_once(PG_FUNCTION_ARGS)
 	IdemRecord	rec;
 	bool		live = false;
 	bool		stale = false;
-	IdemFingerprint no_body = {.isnull = true};
 
-	GetKeyArgs(fcinfo, 0, 1, &key);
-	expires_at = GetExpiry(fcinfo, 2, now);
-	CheckNotOpen(&key, "record");
+	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	expires_at = IdemGetExpiry(fcinfo, 2, "ttl", now);
+	IdemCheckNotOpen(&key, "record");
 
 	IdemStoreOpen(&store, &cache->oids, true, true);
 	if (ProbeLive(&store, &key, now, &rec))
@@ -646,14 +699,20 @@ idem_once(PG_FUNCTION_ARGS)
 		if (!live)
 		{
 			if (stale)
-				ClearExpiredRecord(&store, &key, now);
-			IdemStoreInsert(&store, &key, IDEM_STATE_COMPLETED, &no_body,
-							now, expires_at, true, 0, (Datum) 0);
+				IdemClearExpiredRecord(&store, &key, now);
+			memset(&rec, 0, sizeof(rec));
+			rec.state = IDEM_STATE_COMPLETED;
+			rec.fingerprint.isnull = true;
+			rec.created_at = now;
+			rec.expires_at = expires_at;
+			rec.code_isnull = true;
+			IdemStoreInsert(&store, &key, &rec);
 			IdemKeyUnlock(&key);
 		}
 	}
 	IdemStoreClose(&store);
 
+	IdemStatsAdd(live ? IDEM_STAT_ONCE_FALSE : IDEM_STAT_ONCE_TRUE, 1);
 	PG_RETURN_BOOL(!live);
 }
 
@@ -664,7 +723,7 @@ idem_once(PG_FUNCTION_ARGS)
 Datum
 idem_lookup(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = GetCallCache(fcinfo, true);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	IdemStore	store;
@@ -674,7 +733,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	TransactionId xwait;
 	SnapshotData dirty;
 
-	GetKeyArgs(fcinfo, 0, 1, &key);
+	IdemGetKeyArgs(fcinfo, 0, 1, &key);
 	open = IdemOpenKeyFind(&key);
 
 	IdemStoreOpen(&store, &cache->oids, false, false);
@@ -705,7 +764,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 			case IDEM_PROBE_FOUND:
 				if (rec.expires_at > now)
 				{
-					CheckRecordVisible(&rec, &key);
+					IdemCheckRecordVisible(&rec, &key);
 					ResultCompleted(&rec, &res);
 				}
 				else
@@ -764,10 +823,10 @@ idem_fingerprint_bytes(PG_FUNCTION_ARGS)
 Datum
 idem_sweep(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = GetCallCache(fcinfo, false);
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	int32		batch;
 
-	RequireArg(fcinfo, 0, "batch");
+	IdemRequireArg(fcinfo, 0, "batch");
 	batch = PG_GETARG_INT32(0);
 	if (batch <= 0)
 		ereport(ERROR,

@@ -5,7 +5,8 @@
  * idempotency.unfinished decides what COMMIT and PREPARE TRANSACTION do with
  * a key that was begun but neither finished nor released (contract section
  * 4).  The sweeper settings are read by the background worker and reloadable
- * with SIGHUP.
+ * with SIGHUP.  idempotency.track_stats turns the idem_stats counters off
+ * (superuser only, as pg_stat_statements.track is).
  */
 #include "postgres.h"
 
@@ -17,6 +18,7 @@ int			idem_unfinished_action = IDEM_UNFINISHED_ERROR;
 bool		idem_sweeper_enabled = true;
 int			idem_sweep_interval_ms = 60 * 1000;
 int			idem_sweep_batch_size = 10000;
+bool		idem_track_stats = true;
 
 static const struct config_enum_entry unfinished_options[] = {
 	{"error", IDEM_UNFINISHED_ERROR, false},
@@ -72,6 +74,15 @@ IdemGucInit(void)
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("idempotency.track_stats",
+							 "Whether calls are counted in the idem_stats view.",
+							 NULL,
+							 &idem_track_stats,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("idempotency");
 }

@@ -15,6 +15,7 @@ extern int	idem_unfinished_action;
 extern bool idem_sweeper_enabled;
 extern int	idem_sweep_interval_ms;
 extern int	idem_sweep_batch_size;
+extern bool idem_track_stats;
 
 extern void IdemGucInit(void);
 

@@ -36,6 +36,7 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
+#include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
 
@@ -48,11 +49,20 @@
 #define Anum_key			6
 #define Anum_fingerprint	7
 #define Anum_response_body	8
-#define Natts_idem_keys		8
+/* added by version 0.2.0: leases */
+#define Anum_lease_token	9
+#define Anum_lease_expires_at 10
+#define Anum_lease_duration 11
+#define Anum_attempts		12
+#define Anum_phase			13
+#define Anum_phase_state	14
+#define Natts_idem_keys		14
+#define Natts_idem_keys_0_1	8	/* before ALTER EXTENSION UPDATE */
 
 #define IDEM_TABLE_NAME		"idem_keys"
 #define IDEM_PKEY_NAME		"idem_keys_pkey"
 #define IDEM_EXPIRY_NAME	"idem_keys_expires_at"
+#define IDEM_LEASES_NAME	"idem_keys_leases"
 
 /*
  * The 64-bit hash of (scope, key) that names the key's lock.  Seeding the
@@ -102,6 +112,8 @@ IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	oids->heap = LookupStoreRelation(IDEM_TABLE_NAME, nspid);
 	oids->pkey = LookupStoreRelation(IDEM_PKEY_NAME, nspid);
 	oids->expiry = LookupStoreRelation(IDEM_EXPIRY_NAME, nspid);
+	/* absent until the extension is updated to 0.2.0 */
+	oids->leases = get_relname_relid(IDEM_LEASES_NAME, nspid);
 }
 
 /*
@@ -109,22 +121,42 @@ IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids)
  * begin may, if it finds an expired record to replace) takes
  * RowExclusiveLock as DML does; idem_lookup only reads and takes
  * AccessShareLock.  Both are fast-path locks, and both are allowed on a hot
- * standby.  Only inserts need the expiry index.
+ * standby.  Only inserts and updates need the other indexes.
+ *
+ * A library newer than the installed extension script still works: a 0.1.0
+ * table has no lease columns (they read as NULL and are not written) and no
+ * lease index, and only the lease functions, which 0.1.0 does not have,
+ * need them.
  */
 void
 IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 			  bool for_insert)
 {
 	LOCKMODE	lockmode = may_write ? RowExclusiveLock : AccessShareLock;
+	int			natts;
 
 	store->heap = table_open(oids->heap, lockmode);
-	if (RelationGetDescr(store->heap)->natts != Natts_idem_keys)
+	natts = RelationGetDescr(store->heap)->natts;
+	if (natts != Natts_idem_keys &&
+		!(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases)))
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
-			 RelationGetRelationName(store->heap),
-			 RelationGetDescr(store->heap)->natts, Natts_idem_keys);
+			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
 	store->pkey = index_open(oids->pkey, lockmode);
 	store->expiry = for_insert ? index_open(oids->expiry, lockmode) : NULL;
+	store->leases = (for_insert && OidIsValid(oids->leases)) ?
+		index_open(oids->leases, lockmode) : NULL;
 	store->slot = table_slot_create(store->heap, NULL);
+}
+
+/* Raise an error unless the store has the lease columns (version 0.2.0). */
+void
+IdemStoreRequireLeases(IdemStore *store)
+{
+	if (RelationGetDescr(store->heap)->natts < Natts_idem_keys)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("leases need version 0.2.0 of extension \"idempotency\""),
+				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
 }
 
 /* Close what IdemStoreOpen opened; locks are kept until transaction end. */
@@ -132,6 +164,8 @@ void
 IdemStoreClose(IdemStore *store)
 {
 	ExecDropSingleTupleTableSlot(store->slot);
+	if (store->leases)
+		index_close(store->leases, NoLock);
 	if (store->expiry)
 		index_close(store->expiry, NoLock);
 	index_close(store->pkey, NoLock);
@@ -174,6 +208,31 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	if (want_body && !rec->body_isnull)
 		rec->response_body = PointerGetDatum(
 			PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_body - 1]));
+
+	/* the lease columns; a 0.1.0 table has none */
+	memset(&rec->lease_token, 0, sizeof(rec->lease_token));
+	rec->lease_expires_at = 0;
+	memset(&rec->lease_duration, 0, sizeof(rec->lease_duration));
+	rec->attempts = 0;
+	rec->phase = NULL;
+	rec->phase_state = (Datum) 0;
+	if (rec->state != IDEM_STATE_LEASED || slot->tts_nvalid < Natts_idem_keys)
+		return;
+	if (!slot->tts_isnull[Anum_lease_token - 1])
+		rec->lease_token = *DatumGetUUIDP(slot->tts_values[Anum_lease_token - 1]);
+	if (!slot->tts_isnull[Anum_lease_expires_at - 1])
+		rec->lease_expires_at =
+			DatumGetTimestampTz(slot->tts_values[Anum_lease_expires_at - 1]);
+	if (!slot->tts_isnull[Anum_lease_duration - 1])
+		rec->lease_duration =
+			*DatumGetIntervalP(slot->tts_values[Anum_lease_duration - 1]);
+	if (!slot->tts_isnull[Anum_attempts - 1])
+		rec->attempts = DatumGetInt32(slot->tts_values[Anum_attempts - 1]);
+	if (want_body && !slot->tts_isnull[Anum_phase - 1])
+		rec->phase = DatumGetTextPCopy(slot->tts_values[Anum_phase - 1]);
+	if (want_body && !slot->tts_isnull[Anum_phase_state - 1])
+		rec->phase_state = PointerGetDatum(
+			PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_phase_state - 1]));
 }
 
 /*
@@ -239,64 +298,153 @@ IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
 }
 
 /*
- * Insert one key record and its index entries.
- *
- * The primary key is checked for uniqueness as any insert would be; callers
- * hold the key's lock, so a violation here means a bug, and the error is
- * PostgreSQL's own unique_violation rather than a silent duplicate.
+ * Build the heap tuple of a record.  Only the columns the table has are
+ * filled (a 0.1.0 table stops after response_body); lease columns are NULL
+ * unless the record is leased.
  */
-void
-IdemStoreInsert(IdemStore *store, const IdemKey *key, char state,
-				const IdemFingerprint *fingerprint,
-				TimestampTz created_at, TimestampTz expires_at,
-				bool code_isnull, int32 response_code, Datum response_body)
+static HeapTuple
+FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 {
 	Datum		values[Natts_idem_keys];
 	bool		nulls[Natts_idem_keys];
-	Datum		index_values[2];
-	bool		index_nulls[2] = {false, false};
-	bytea	   *fp = NULL;
-	HeapTuple	tuple;
+	bool		leased = (rec->state == IDEM_STATE_LEASED);
+	bytea	   *fp;
 
-	Assert(store->expiry != NULL);
-
-	memset(nulls, false, sizeof(nulls));
-	values[Anum_created_at - 1] = TimestampTzGetDatum(created_at);
-	values[Anum_expires_at - 1] = TimestampTzGetDatum(expires_at);
-	values[Anum_response_code - 1] = Int32GetDatum(response_code);
-	nulls[Anum_response_code - 1] = code_isnull;
-	values[Anum_state - 1] = CharGetDatum(state);
+	memset(nulls, true, sizeof(nulls));
+	values[Anum_created_at - 1] = TimestampTzGetDatum(rec->created_at);
+	nulls[Anum_created_at - 1] = false;
+	values[Anum_expires_at - 1] = TimestampTzGetDatum(rec->expires_at);
+	nulls[Anum_expires_at - 1] = false;
+	values[Anum_response_code - 1] = Int32GetDatum(rec->response_code);
+	nulls[Anum_response_code - 1] = rec->code_isnull;
+	values[Anum_state - 1] = CharGetDatum(rec->state);
+	nulls[Anum_state - 1] = false;
 	values[Anum_scope - 1] = PointerGetDatum(key->scope);
+	nulls[Anum_scope - 1] = false;
 	values[Anum_key - 1] = PointerGetDatum(key->key);
-	if (fingerprint->isnull)
-		nulls[Anum_fingerprint - 1] = true;
-	else
+	nulls[Anum_key - 1] = false;
+	if (!rec->fingerprint.isnull)
 	{
 		fp = palloc(VARHDRSZ + IDEM_FINGERPRINT_LEN);
 		SET_VARSIZE(fp, VARHDRSZ + IDEM_FINGERPRINT_LEN);
-		memcpy(VARDATA(fp), fingerprint->bytes, IDEM_FINGERPRINT_LEN);
+		memcpy(VARDATA(fp), rec->fingerprint.bytes, IDEM_FINGERPRINT_LEN);
 		values[Anum_fingerprint - 1] = PointerGetDatum(fp);
+		nulls[Anum_fingerprint - 1] = false;
 	}
-	values[Anum_response_body - 1] = response_body;
-	nulls[Anum_response_body - 1] = (response_body == (Datum) 0);
+	values[Anum_response_body - 1] = rec->response_body;
+	nulls[Anum_response_body - 1] = (rec->response_body == (Datum) 0);
 
-	tuple = heap_form_tuple(RelationGetDescr(store->heap), values, nulls);
+	if (leased)
+	{
+		Assert(RelationGetDescr(store->heap)->natts == Natts_idem_keys);
+		values[Anum_lease_token - 1] = UUIDPGetDatum(&rec->lease_token);
+		values[Anum_lease_expires_at - 1] = TimestampTzGetDatum(rec->lease_expires_at);
+		values[Anum_lease_duration - 1] = IntervalPGetDatum(&rec->lease_duration);
+		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
+		values[Anum_phase - 1] = PointerGetDatum(rec->phase);
+		values[Anum_phase_state - 1] = rec->phase_state;
+		nulls[Anum_lease_token - 1] = false;
+		nulls[Anum_lease_expires_at - 1] = false;
+		nulls[Anum_lease_duration - 1] = false;
+		nulls[Anum_attempts - 1] = false;
+		nulls[Anum_phase - 1] = (rec->phase == NULL);
+		nulls[Anum_phase_state - 1] = (rec->phase_state == (Datum) 0);
+	}
+	else if (RelationGetDescr(store->heap)->natts == Natts_idem_keys)
+	{
+		/* a finished lease keeps its attempt count */
+		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
+		nulls[Anum_attempts - 1] = (rec->attempts == 0);
+	}
+
+	return heap_form_tuple(RelationGetDescr(store->heap), values, nulls);
+}
+
+/*
+ * Insert the index entries of a new tuple version.  The primary key is
+ * checked for uniqueness as any insert or update would be: callers hold the
+ * key's lock, so a violation here means a bug, and the error is
+ * PostgreSQL's own unique_violation rather than a silent duplicate.  The
+ * lease index is partial (WHERE state = 'p').
+ */
+static void
+InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
+				   ItemPointer tid)
+{
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	values[0] = PointerGetDatum(key->scope);
+	values[1] = PointerGetDatum(key->key);
+	index_insert(store->pkey, values, nulls, tid, store->heap,
+				 UNIQUE_CHECK_YES, false, BuildIndexInfo(store->pkey));
+
+	values[0] = TimestampTzGetDatum(rec->expires_at);
+	index_insert(store->expiry, values, nulls, tid, store->heap,
+				 UNIQUE_CHECK_NO, false, BuildIndexInfo(store->expiry));
+
+	if (rec->state == IDEM_STATE_LEASED)
+	{
+		values[0] = TimestampTzGetDatum(rec->lease_expires_at);
+		index_insert(store->leases, values, nulls, tid, store->heap,
+					 UNIQUE_CHECK_NO, false, BuildIndexInfo(store->leases));
+	}
+}
+
+/* Insert one key record and its index entries. */
+void
+IdemStoreInsert(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
+{
+	HeapTuple	tuple;
+
+	Assert(store->expiry != NULL);
+	Assert(rec->state != IDEM_STATE_LEASED || store->leases != NULL);
+
+	tuple = FormRecordTuple(store, key, rec);
 	heap_insert(store->heap, tuple, GetCurrentCommandId(true), 0, NULL);
-
-	index_values[0] = PointerGetDatum(key->scope);
-	index_values[1] = PointerGetDatum(key->key);
-	index_insert(store->pkey, index_values, index_nulls, &tuple->t_self,
-				 store->heap, UNIQUE_CHECK_YES, false,
-				 BuildIndexInfo(store->pkey));
-
-	index_values[0] = TimestampTzGetDatum(expires_at);
-	index_insert(store->expiry, index_values, index_nulls, &tuple->t_self,
-				 store->heap, UNIQUE_CHECK_NO, false,
-				 BuildIndexInfo(store->expiry));
-
+	InsertIndexEntries(store, key, rec, &tuple->t_self);
 	heap_freetuple(tuple);
-	if (fp)
-		pfree(fp);
+}
+
+/*
+ * Replace the record at rec->tid with rec, without waiting on any other
+ * transaction.  Returns false when another transaction has changed or is
+ * deleting the row (only a sweep can: callers hold the key's lock); the
+ * caller probes again.  A HOT update needs no new index entries; the lease
+ * updates change an indexed column and are never HOT.
+ */
+bool
+IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
+{
+	HeapTuple	tuple;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	result;
+	ItemPointerData otid = rec->tid;
+
+	Assert(store->expiry != NULL && store->leases != NULL);
+
+	tuple = FormRecordTuple(store, key, rec);
+	result = heap_update(store->heap, &otid, tuple, GetCurrentCommandId(true),
+						 InvalidSnapshot, false, &tmfd, &lockmode);
+	switch (result)
+	{
+		case TM_Ok:
+			break;
+		case TM_SelfModified:
+		case TM_Updated:
+		case TM_Deleted:
+		case TM_BeingModified:
+			heap_freetuple(tuple);
+			return false;
+		default:
+			elog(ERROR, "unexpected result %d updating an idempotency key",
+				 (int) result);
+	}
+	if (!HeapTupleIsHeapOnly(tuple))
+		InsertIndexEntries(store, key, rec, &tuple->t_self);
+	heap_freetuple(tuple);
+	return true;
 }
 
 /*
@@ -423,5 +571,6 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 	IdemStoreOpen(&store, oids, true, true);
 	deleted = SweepOpenStore(&store, batch, now, resume_from);
 	IdemStoreClose(&store);
+	IdemStatsAdd(IDEM_STAT_KEYS_SWEPT, deleted);
 	return deleted;
 }

@@ -12,6 +12,7 @@
 #include "utils/rel.h"
 #include "utils/snapshot.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "idem_fingerprint.h"
 
@@ -21,6 +22,7 @@
 
 /* Values of idem_keys.state. */
 #define IDEM_STATE_COMPLETED	'c'
+#define IDEM_STATE_LEASED		'p'	/* committed while its work goes on */
 
 /* An identified (scope, key); both detoasted and validated. */
 typedef struct IdemKey
@@ -37,7 +39,10 @@ typedef struct IdemFingerprint
 	uint8		bytes[IDEM_FINGERPRINT_LEN];
 } IdemFingerprint;
 
-/* One key record as read from the table. */
+/*
+ * One key record, as read from the table or to be written to it.  The lease
+ * fields are set only for a leased key (state IDEM_STATE_LEASED).
+ */
 typedef struct IdemRecord
 {
 	ItemPointerData tid;
@@ -51,6 +56,14 @@ typedef struct IdemRecord
 	bool		body_isnull;
 	Datum		response_body;	/* detoasted copy, or 0 if not asked for */
 	bool		inserting;		/* BUSY: the busy transaction inserts it */
+
+	/* the lease and its last recovery point */
+	pg_uuid_t	lease_token;
+	TimestampTz lease_expires_at;
+	Interval	lease_duration;
+	int32		attempts;
+	text	   *phase;			/* NULL for none (or not asked for) */
+	Datum		phase_state;	/* detoasted copy, or 0 */
 } IdemRecord;
 
 typedef enum IdemProbeResult
@@ -67,6 +80,7 @@ typedef struct IdemStoreOids
 	Oid			heap;
 	Oid			pkey;
 	Oid			expiry;
+	Oid			leases;			/* InvalidOid before version 0.2.0 */
 } IdemStoreOids;
 
 /* The store, opened for one call. */
@@ -75,6 +89,7 @@ typedef struct IdemStore
 	Relation	heap;
 	Relation	pkey;
 	Relation	expiry;			/* only when opened for inserts */
+	Relation	leases;			/* likewise, and only from version 0.2.0 */
 	TupleTableSlot *slot;
 } IdemStore;
 
@@ -88,11 +103,11 @@ extern IdemProbeResult IdemStoreProbe(IdemStore *store, const IdemKey *key,
 									  Snapshot snapshot, bool want_body,
 									  IdemRecord *rec,
 									  TransactionId *busy_xid);
-extern void IdemStoreInsert(IdemStore *store, const IdemKey *key, char state,
-							const IdemFingerprint *fingerprint,
-							TimestampTz created_at, TimestampTz expires_at,
-							bool code_isnull, int32 response_code,
-							Datum response_body);
+extern void IdemStoreRequireLeases(IdemStore *store);
+extern void IdemStoreInsert(IdemStore *store, const IdemKey *key,
+							const IdemRecord *rec);
+extern bool IdemStoreUpdate(IdemStore *store, const IdemKey *key,
+							const IdemRecord *rec);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
 							TimestampTz now, TimestampTz *resume_from);

@@ -8,6 +8,7 @@
 #include "miscadmin.h"
 
 #include "idem_guc.h"
+#include "idem_stats.h"
 #include "idem_sweeper.h"
 #include "idem_xact.h"
 
@@ -16,7 +17,7 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 /* Set up settings and transaction callbacks in every backend that loads us,
- * and the sweeper when we are preloaded. */
+ * and the counters and the sweeper when we are preloaded. */
 void
 _PG_init(void)
 {
@@ -25,5 +26,8 @@ _PG_init(void)
 	IdemGucInit();
 	IdemXactInit();
 	if (process_shared_preload_libraries_in_progress)
+	{
+		IdemStatsInit();
 		IdemSweeperInit();
+	}
 }

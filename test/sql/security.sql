@@ -44,7 +44,9 @@ SELECT p.proname, count(*) AS variants, bool_or(p.prosecdef) AS secdef,
        bool_and(has_function_privilege('public', p.oid, 'EXECUTE')) AS public_execute
 FROM pg_proc p
 WHERE p.proname IN ('idem_begin', 'idem_finish', 'idem_release', 'idem_once',
-                    'idem_lookup', 'idem_fingerprint', 'idem_sweep')
+                    'idem_lookup', 'idem_fingerprint', 'idem_sweep',
+                    'idem_lease', 'idem_checkpoint', 'idem_stats',
+                    'idem_stats_reset', 'idem_sweeper_status')
   AND p.pronamespace = 'public'::regnamespace
 GROUP BY p.proname ORDER BY p.proname COLLATE "C";
 
@@ -99,6 +101,34 @@ SELECT status, response_code, response_body FROM idem_begin('app-1', '{"a": 1}':
 SELECT status, response_code FROM idem_lookup('app-3', 'tenant-b');
 SELECT idem_once('msg-1', 'tenant-b') AS once;
 SELECT idem_sweep() AS swept;
+-- leases work too; the monitoring views are not for application roles, and
+-- resetting the counters is kept for superusers (as pg_stat_statements_reset is)
+BEGIN;
+CREATE TEMP TABLE app_lease ON COMMIT DROP AS
+SELECT status, token FROM idem_lease('app-lease', '{"a": 1}', scope => 'tenant-b');
+SELECT status FROM app_lease;
+SELECT idem_checkpoint('app-lease', (SELECT token FROM app_lease), 'charged',
+                       scope => 'tenant-b') > now() AS renewed;
+SELECT idem_finish('app-lease', 201, scope => 'tenant-b',
+                   token => (SELECT token FROM app_lease));
+COMMIT;
+SELECT status, response_code FROM idem_lease('app-lease', '{"a": 1}', scope => 'tenant-b');
+SELECT try($$SELECT count(*) FROM idem_stats$$) AS stats;
+SELECT try($$SELECT count(*) FROM idem_storage$$) AS storage;
+SELECT try($$SELECT count(*) FROM idem_sweeper_status$$) AS sweeper_status;
+SELECT try($$SELECT idem_stats_reset()$$) AS stats_reset;
+RESET ROLE;
+-- the monitoring views are for pg_monitor, as PostgreSQL's own are
+CREATE ROLE regress_idem_monitor IN ROLE pg_monitor;
+SET ROLE regress_idem_monitor;
+SELECT count(*) > 0 AS stats_visible FROM idem_stats WHERE datname = current_database();
+SELECT leased_keys, table_bytes > 0 AS sized FROM idem_storage;
+SELECT count(*) >= 0 AS sweeper_status_visible FROM idem_sweeper_status;
+SELECT try($$SELECT idem_stats_reset()$$) AS stats_reset;
+SELECT try($$SELECT count(*) FROM idem_keys$$) AS "select";
+RESET ROLE;
+DROP ROLE regress_idem_monitor;
+SET ROLE regress_idem_app;
 -- the commit guard applies to the application role too
 BEGIN;
 SELECT status FROM idem_begin('app-4', scope => 'tenant-b');

@@ -1,0 +1,422 @@
+/*
+ * idem_lease.c
+ *	  Leases: keys whose work spans transactions.  idem_lease,
+ *	  idem_checkpoint, and idem_finish / idem_release given a token.
+ *
+ * A leased key's record (state 'p') commits with the lease transaction, so
+ * the key stays taken while its holder calls a payment provider or sends an
+ * email between transactions.  The holder proves on every later call that
+ * it still owns the key with a fencing token, a random uuid.  When a lease
+ * runs out before its work is finished, the next idem_lease takes the key
+ * over: it gets a new token, the attempt count, and the last recovery
+ * point (phase and state) that an earlier holder committed with
+ * idem_checkpoint, together with that phase's own writes.  From then on a
+ * call with the old token is refused with 55000 and changes nothing.
+ *
+ * Every change to a leased record is made holding the key's lock
+ * (idem_xact.c), after waiting for any transaction still writing the row:
+ * two callers never both take a key over, and a checkpoint and a takeover
+ * are serialized, the second seeing what the first committed.  A leased key
+ * is never an open key of its transaction, so the commit guard leaves it
+ * alone; the sweeper removes it once its ttl has passed, like any other.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "idem_api.h"
+#include "idem_fingerprint.h"
+#include "idem_stats.h"
+#include "idem_store.h"
+#include "idem_xact.h"
+
+/* Columns of the row idem_lease returns. */
+#define LEASE_RESULT_NATTS 7
+
+/* Limit on a phase name, in bytes; it is a label, like a key. */
+#define IDEM_PHASE_MAX_LEN 255
+
+/* Values of the row idem_lease returns; a zero field is NULL. */
+typedef struct LeaseResult
+{
+	const char *status;
+	IdemStatKind counted_as;
+	const pg_uuid_t *token;
+	text	   *phase;
+	Datum		state;
+	int32		attempts;
+	bool		code_isnull;
+	int32		response_code;
+	Datum		response_body;
+} LeaseResult;
+
+PG_FUNCTION_INFO_V1(idem_lease);
+PG_FUNCTION_INFO_V1(idem_checkpoint);
+
+/* A fresh fencing token: a random (version 4) uuid, as gen_random_uuid(). */
+static void
+NewToken(pg_uuid_t *token)
+{
+	if (!pg_strong_random(token->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	token->data[6] = (token->data[6] & 0x0f) | 0x40;
+	token->data[8] = (token->data[8] & 0x3f) | 0x80;
+}
+
+static bool
+TokensEqual(const pg_uuid_t *a, const pg_uuid_t *b)
+{
+	return memcmp(a->data, b->data, UUID_LEN) == 0;
+}
+
+/*
+ * Probe the key once no other transaction is writing its record, and say
+ * whether it has a live one.  A record that expired (or is being deleted
+ * after it expired) counts as none; *stale then says the caller must clear
+ * it before inserting.  The caller holds the key's lock, so after the wait
+ * nobody else can change the record.
+ */
+static bool
+ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
+			 IdemRecord *rec, bool *stale)
+{
+	for (;;)
+	{
+		SnapshotData dirty;
+		TransactionId xwait = InvalidTransactionId;
+		IdemProbeResult probe;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
+		if (probe == IDEM_PROBE_BUSY &&
+			(rec->inserting || rec->expires_at > now))
+		{
+			XactLockTableWait(xwait, store->heap, &rec->tid,
+							  XLTW_InsertIndexUnique);
+			continue;
+		}
+		*stale = (probe != IDEM_PROBE_ABSENT);
+		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
+		{
+			*stale = false;
+			return true;
+		}
+		return false;
+	}
+}
+
+/*
+ * Decide idem_lease's result for a live record, if it needs no change:
+ * mismatch, replay, or in_progress while the lease runs.  Returns false
+ * when the lease has run out and the caller should take the key over.
+ */
+static bool
+DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
+		   TimestampTz now, LeaseResult *res)
+{
+	if (!IdemFingerprintsMatch(&rec->fingerprint, fp))
+	{
+		res->status = "mismatch";
+		res->counted_as = IDEM_STAT_MISMATCH;
+	}
+	else if (rec->state != IDEM_STATE_LEASED)
+	{
+		res->status = "replay";
+		res->counted_as = IDEM_STAT_REPLAY;
+		res->code_isnull = rec->code_isnull;
+		res->response_code = rec->response_code;
+		res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+	}
+	else if (rec->lease_expires_at > now)
+	{
+		res->status = "in_progress";
+		res->counted_as = IDEM_STAT_IN_PROGRESS;
+	}
+	else
+		return false;
+	return true;
+}
+
+/* Build idem_lease's row. */
+static Datum
+MakeLeaseResult(IdemCallCache *cache, const LeaseResult *res)
+{
+	Datum		values[LEASE_RESULT_NATTS];
+	bool		nulls[LEASE_RESULT_NATTS];
+
+	values[0] = CStringGetTextDatum(res->status);
+	values[1] = UUIDPGetDatum(res->token);
+	values[2] = PointerGetDatum(res->phase);
+	values[3] = res->state;
+	values[4] = Int32GetDatum(res->attempts);
+	values[5] = Int32GetDatum(res->response_code);
+	values[6] = res->response_body;
+	nulls[0] = false;
+	nulls[1] = (res->token == NULL);
+	nulls[2] = (res->phase == NULL);
+	nulls[3] = (res->state == (Datum) 0);
+	nulls[4] = (res->attempts == 0);
+	nulls[5] = res->code_isnull;
+	nulls[6] = (res->response_body == (Datum) 0);
+	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
+}
+
+/*
+ * idem_lease(key text, request jsonb, scope text, ttl interval,
+ *			  lease interval)
+ *
+ * Begin a key whose in-progress record commits: started (a new key),
+ * resumed (an earlier lease ran out: take it over), replay, mismatch, or
+ * in_progress (a live lease is held by someone else).
+ */
+Datum
+idem_lease(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemKey		key;
+	TimestampTz expires_at;
+	TimestampTz lease_until;
+	Interval   *lease;
+	IdemFingerprint fp;
+	IdemStore	store;
+	IdemRecord	rec;
+	LeaseResult res;
+	pg_uuid_t	token;
+	bool		stale;
+
+	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	expires_at = IdemGetExpiry(fcinfo, 3, "ttl", now);
+	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
+	lease = PG_GETARG_INTERVAL_P(4);
+	IdemCheckNotOpen(&key, "lease");
+	fp.isnull = PG_ARGISNULL(1);
+	if (!fp.isnull)
+		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fp.bytes);
+
+	memset(&res, 0, sizeof(res));
+	res.code_isnull = true;
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreRequireLeases(&store);
+
+	/* a retry of a finished or running lease is answered without a lock */
+	if (ProbeSettled(&store, &key, now, &rec, &stale))
+	{
+		IdemCheckRecordVisible(&rec, &key);
+		if (DecideLive(&rec, &fp, now, &res))
+			goto done;
+	}
+
+	PreventCommandIfReadOnly("idem_lease()");
+	(void) IdemKeyLock(&key, true);
+	for (;;)
+	{
+		if (!ProbeSettled(&store, &key, now, &rec, &stale))
+		{
+			if (stale)
+				IdemClearExpiredRecord(&store, &key, now);
+			memset(&rec, 0, sizeof(rec));
+			rec.state = IDEM_STATE_LEASED;
+			rec.fingerprint = fp;
+			rec.created_at = now;
+			rec.expires_at = expires_at;
+			rec.code_isnull = true;
+			NewToken(&rec.lease_token);
+			rec.lease_expires_at = lease_until;
+			rec.lease_duration = *lease;
+			rec.attempts = 1;
+			IdemStoreInsert(&store, &key, &rec);
+			res.status = "started";
+			res.counted_as = IDEM_STAT_STARTED;
+			break;
+		}
+		IdemCheckRecordVisible(&rec, &key);
+		if (DecideLive(&rec, &fp, now, &res))
+			break;
+
+		/* the lease ran out: take the key over from its recovery point */
+		NewToken(&rec.lease_token);
+		rec.lease_expires_at = lease_until;
+		rec.lease_duration = *lease;
+		rec.attempts++;
+		if (!IdemStoreUpdate(&store, &key, &rec))
+			continue;			/* a sweep took it meanwhile: look again */
+		res.status = "resumed";
+		res.counted_as = IDEM_STAT_RESUMED;
+		res.phase = rec.phase;
+		res.state = rec.phase_state;
+		break;
+	}
+	IdemKeyUnlock(&key);
+	if (rec.state == IDEM_STATE_LEASED && strcmp(res.status, "in_progress") != 0)
+	{
+		token = rec.lease_token;
+		res.token = &token;
+		res.attempts = rec.attempts;
+	}
+
+done:
+	IdemStoreClose(&store);
+	IdemStatsAdd(res.counted_as, 1);
+	return MakeLeaseResult(cache, &res);
+}
+
+/*
+ * Find the key's leased record held by token, with the key's lock held, or
+ * raise 55000: the key was taken over, finished, released or swept (a
+ * stale token), or was never leased.
+ */
+static void
+RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
+			 const char *verb, TimestampTz now, IdemRecord *rec)
+{
+	IdemOpenKey *open = IdemOpenKeyFind(key);
+	bool		stale;
+	const char *state;
+
+	if (ProbeSettled(store, key, now, rec, &stale) &&
+		rec->state == IDEM_STATE_LEASED)
+	{
+		IdemCheckRecordVisible(rec, key);
+		if (TokensEqual(&rec->lease_token, token))
+			return;
+		IdemStatsAdd(IDEM_STAT_STALE_TOKENS, 1);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s idempotency key %s because its lease is held by another token",
+						verb, IdemKeyName(key)),
+				 errdetail("The key is on attempt %d, under another token: a token stops applying when its lease runs out and idem_lease() takes the key over.",
+						   rec->attempts),
+				 errhint("Stop working on this key: its new holder resumes from the last checkpoint.")));
+	}
+
+	if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
+		state = "begun by idem_begin() in this transaction, without a lease";
+	else
+	{
+		state = IdemDescribeKeyState(store, key, open);
+		IdemStatsAdd(IDEM_STAT_STALE_TOKENS, 1);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s idempotency key %s with a lease token because it is %s",
+					verb, IdemKeyName(key), state),
+			 errhint("A token applies only while its lease holds the key: from idem_lease() until idem_finish() or idem_release(), or until another idem_lease() takes over a lease that ran out.")));
+}
+
+/*
+ * idem_checkpoint(key text, token uuid, phase text, state jsonb,
+ *				   scope text, extend interval)
+ *
+ * Record a recovery point in the caller's transaction, to commit with the
+ * phase's own writes, and renew the lease: by extend, or by the lease's
+ * length.  Returns when the lease now runs out.
+ */
+Datum
+idem_checkpoint(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemKey		key;
+	pg_uuid_t  *token;
+	text	   *phase;
+	int			phase_len;
+	Datum		state = (Datum) 0;
+	IdemStore	store;
+	IdemRecord	rec;
+
+	IdemGetKeyArgs(fcinfo, 0, 4, &key);
+	IdemRequireArg(fcinfo, 1, "lease token");
+	token = PG_GETARG_UUID_P(1);
+	IdemRequireArg(fcinfo, 2, "phase");
+	phase = PG_GETARG_TEXT_PP(2);
+	phase_len = VARSIZE_ANY_EXHDR(phase);
+	if (phase_len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("phase must not be empty")));
+	if (phase_len > IDEM_PHASE_MAX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("phase is too long"),
+				 errdetail("It is %d bytes; the limit is %d bytes.",
+						   phase_len, IDEM_PHASE_MAX_LEN)));
+	if (!PG_ARGISNULL(3))
+		state = PointerGetDatum(PG_GETARG_JSONB_P(3));
+	if (!PG_ARGISNULL(5))
+		(void) IdemGetExpiry(fcinfo, 5, "extend", now);
+
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreRequireLeases(&store);
+	PreventCommandIfReadOnly("idem_checkpoint()");
+	(void) IdemKeyLock(&key, true);
+	do
+	{
+		RequireLease(&store, &key, token, "checkpoint", now, &rec);
+		rec.phase = phase;
+		rec.phase_state = state;
+		rec.lease_expires_at =
+			IdemAddInterval(now, PG_ARGISNULL(5) ? &rec.lease_duration :
+							PG_GETARG_INTERVAL_P(5), "extend");
+	} while (!IdemStoreUpdate(&store, &key, &rec));
+	IdemKeyUnlock(&key);
+	IdemStoreClose(&store);
+
+	IdemStatsAdd(IDEM_STAT_CHECKPOINTS, 1);
+	PG_RETURN_TIMESTAMPTZ(rec.lease_expires_at);
+}
+
+/*
+ * idem_finish with a token: the leased record becomes the completed one,
+ * in the caller's transaction.  It keeps its attempt count.
+ */
+void
+IdemLeaseFinish(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
+				int32 response_code, Datum response_body)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemRecord	rec;
+
+	IdemStoreRequireLeases(store);
+	PreventCommandIfReadOnly("idem_finish()");
+	(void) IdemKeyLock(key, true);
+	do
+	{
+		RequireLease(store, key, token, "finish", now, &rec);
+		rec.state = IDEM_STATE_COMPLETED;
+		rec.code_isnull = false;
+		rec.response_code = response_code;
+		rec.response_body = response_body;
+		rec.body_isnull = (response_body == (Datum) 0);
+	} while (!IdemStoreUpdate(store, key, &rec));
+	IdemKeyUnlock(key);
+}
+
+/* idem_release with a token: the key is absent again. */
+void
+IdemLeaseRelease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemRecord	rec;
+
+	IdemStoreRequireLeases(store);
+	PreventCommandIfReadOnly("idem_release()");
+	(void) IdemKeyLock(key, true);
+	do
+		RequireLease(store, key, token, "release", now, &rec);
+	while (!IdemStoreDelete(store, &rec.tid));
+	IdemKeyUnlock(key);
+}

@@ -1,0 +1,254 @@
+/*
+ * idem_stats.c
+ *	  Per-database call counters in shared memory: the idem_stats view and
+ *	  idem_stats_reset().
+ *
+ * Each database gets a slot of atomic counters, claimed the first time a
+ * backend connected to it counts something; the backend keeps a pointer to
+ * its slot, so counting is one atomic add on the write path, with no lock.
+ * Counters count calls as they return, whether or not the calling
+ * transaction later commits: they describe the traffic, and the key table
+ * itself is the record of what committed.  They live as long as the server
+ * (a restart zeroes them, like pg_stat_statements without its dump file),
+ * and exist only when the library is in shared_preload_libraries.
+ *
+ * Slots are not freed when a database is dropped; when all are taken, the
+ * slot of a database that no longer exists is reused.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "idem_guc.h"
+#include "idem_stats.h"
+
+#define STATS_MAX_DATABASES	256
+#define STATS_COLUMNS		(3 + IDEM_STAT_NKINDS)	/* datid, datname, ..., stats_reset */
+
+typedef struct IdemDbStats
+{
+	Oid			dboid;			/* InvalidOid for a free slot */
+	TimestampTz stats_reset;	/* 0 if never reset */
+	pg_atomic_uint64 counters[IDEM_STAT_NKINDS];
+} IdemDbStats;
+
+typedef struct IdemStatsShared
+{
+	LWLock	   *lock;			/* protects dboid and stats_reset */
+	IdemDbStats dbs[STATS_MAX_DATABASES];
+} IdemStatsShared;
+
+static IdemStatsShared *stats_shared = NULL;
+static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+PG_FUNCTION_INFO_V1(idem_stats);
+PG_FUNCTION_INFO_V1(idem_stats_reset);
+
+static void
+StatsShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(IdemStatsShared)));
+	RequestNamedLWLockTranche("idempotency stats", 1);
+}
+
+static void
+StatsShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	stats_shared = ShmemInitStruct("idempotency stats", sizeof(IdemStatsShared), &found);
+	if (!found)
+	{
+		memset(stats_shared, 0, sizeof(IdemStatsShared));
+		stats_shared->lock = &(GetNamedLWLockTranche("idempotency stats"))->lock;
+		for (int i = 0; i < STATS_MAX_DATABASES; i++)
+			for (int k = 0; k < IDEM_STAT_NKINDS; k++)
+				pg_atomic_init_u64(&stats_shared->dbs[i].counters[k], 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init while shared_preload_libraries is processed. */
+void
+IdemStatsInit(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = StatsShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = StatsShmemStartup;
+}
+
+/* Zero a slot's counters. */
+static void
+ClearSlot(IdemDbStats *slot)
+{
+	for (int k = 0; k < IDEM_STAT_NKINDS; k++)
+		pg_atomic_write_u64(&slot->counters[k], 0);
+}
+
+/* The slot of a database, or a free one if claim; lock held. */
+static IdemDbStats *
+SlotOf(Oid dboid, bool claim)
+{
+	IdemDbStats *free_slot = NULL;
+
+	for (int i = 0; i < STATS_MAX_DATABASES; i++)
+	{
+		IdemDbStats *slot = &stats_shared->dbs[i];
+
+		if (slot->dboid == dboid)
+			return slot;
+		if (slot->dboid == InvalidOid && free_slot == NULL)
+			free_slot = slot;
+	}
+	return claim ? free_slot : NULL;
+}
+
+/*
+ * Find this database's slot, claiming one if needed.  When none is free,
+ * the slot of a dropped database is taken over; looking databases up in
+ * the catalog needs a transaction (every caller is a SQL function or the
+ * sweeper's batch) and is done without holding our lock.  Returns NULL if
+ * every slot belongs to a live database.
+ */
+static IdemDbStats *
+FindMySlot(void)
+{
+	IdemDbStats *slot;
+	Oid			dropped = InvalidOid;
+
+	LWLockAcquire(stats_shared->lock, LW_SHARED);
+	slot = SlotOf(MyDatabaseId, true);
+	LWLockRelease(stats_shared->lock);
+	if (slot != NULL && slot->dboid == MyDatabaseId)
+		return slot;
+
+	if (slot == NULL)
+	{
+		for (int i = 0; i < STATS_MAX_DATABASES && !OidIsValid(dropped); i++)
+		{
+			Oid			dboid = stats_shared->dbs[i].dboid;
+
+			if (OidIsValid(dboid) &&
+				!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+				dropped = dboid;
+		}
+		if (!OidIsValid(dropped))
+			return NULL;
+	}
+
+	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
+	slot = SlotOf(MyDatabaseId, false);
+	if (slot == NULL)
+		slot = OidIsValid(dropped) ? SlotOf(dropped, false) : SlotOf(InvalidOid, false);
+	if (slot != NULL && slot->dboid != MyDatabaseId)
+	{
+		ClearSlot(slot);
+		slot->stats_reset = 0;
+		slot->dboid = MyDatabaseId;
+	}
+	LWLockRelease(stats_shared->lock);
+	return slot;
+}
+
+/* Add n to one of this database's counters. */
+void
+IdemStatsAdd(IdemStatKind kind, uint64 n)
+{
+	if (!idem_track_stats || stats_shared == NULL || !OidIsValid(MyDatabaseId))
+		return;
+	if (my_db_stats == NULL)
+	{
+		my_db_stats = FindMySlot();
+		if (my_db_stats == NULL)
+			return;
+	}
+	pg_atomic_fetch_add_u64(&my_db_stats->counters[kind], n);
+}
+
+/*
+ * idem_stats(): one row per database that has counted something since the
+ * server started.
+ */
+Datum
+idem_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats_shared == NULL)
+		return (Datum) 0;
+
+	for (int i = 0; i < STATS_MAX_DATABASES; i++)
+	{
+		IdemDbStats *slot = &stats_shared->dbs[i];
+		Datum		values[STATS_COLUMNS];
+		bool		nulls[STATS_COLUMNS];
+		Oid			dboid;
+		TimestampTz stats_reset;
+		char	   *datname;
+		NameData	name;
+
+		LWLockAcquire(stats_shared->lock, LW_SHARED);
+		dboid = slot->dboid;
+		stats_reset = slot->stats_reset;
+		for (int k = 0; k < IDEM_STAT_NKINDS; k++)
+			values[2 + k] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->counters[k]));
+		LWLockRelease(stats_shared->lock);
+
+		if (!OidIsValid(dboid) || (datname = get_database_name(dboid)) == NULL)
+			continue;
+		memset(nulls, false, sizeof(nulls));
+		namestrcpy(&name, datname);
+		values[0] = ObjectIdGetDatum(dboid);
+		values[1] = NameGetDatum(&name);
+		values[STATS_COLUMNS - 1] = TimestampTzGetDatum(stats_reset);
+		nulls[STATS_COLUMNS - 1] = (stats_reset == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * idem_stats_reset(): zero the current database's counters, as
+ * pg_stat_reset() does for PostgreSQL's own.
+ */
+Datum
+idem_stats_reset(PG_FUNCTION_ARGS)
+{
+	IdemDbStats *slot;
+
+	if (stats_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency statistics are not collected"),
+				 errhint("Add idempotency to shared_preload_libraries and restart the server.")));
+	slot = my_db_stats ? my_db_stats : FindMySlot();
+	if (slot == NULL)
+		PG_RETURN_VOID();
+	my_db_stats = slot;
+	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
+	ClearSlot(slot);
+	slot->stats_reset = GetCurrentTimestamp();
+	LWLockRelease(stats_shared->lock);
+	PG_RETURN_VOID();
+}

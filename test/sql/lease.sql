@@ -1,0 +1,182 @@
+--
+-- lease: keys whose work spans transactions (idem_lease, idem_checkpoint,
+-- idem_finish / idem_release with a token), single session.  Time passing
+-- is simulated by moving lease_expires_at into the past as a superuser.
+--
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS idempotency;
+RESET client_min_messages;
+TRUNCATE idem_keys;
+\i test/helpers/regress.sql
+
+-- the business table the phases write to
+CREATE TABLE lease_effects (key text, phase text, attempt int);
+
+------------------------------------------------------------------------
+-- started: the in-progress record commits with the lease transaction
+------------------------------------------------------------------------
+BEGIN;
+SELECT status, token, attempts,
+       num_nulls(phase, state, response_code, response_body) = 4 AS rest_null
+FROM idem_lease('pay-1', '{"amount": 500}') \gset first_
+SELECT :'first_status' AS status, :'first_attempts' AS attempts, :'first_rest_null' AS rest_null;
+SELECT lease_token = :'first_token' AS token_stored FROM idem_keys WHERE key = 'pay-1';
+SELECT state, attempts, phase, phase_state,
+       lease_expires_at = now() + interval '30 seconds' AS default_lease,
+       expires_at = now() + interval '24 hours' AS default_ttl,
+       lease_duration
+FROM idem_keys WHERE key = 'pay-1';
+COMMIT;
+\set t1 :first_token
+
+-- while the lease runs: nobody else starts, a different body is refused,
+-- and nothing of the holder's (token, recovery point) is shown
+SELECT * FROM idem_lease('pay-1', '{"amount": 500}');
+SELECT * FROM idem_lease('pay-1', '{"amount": 501}');
+SELECT status, response_code, response_body FROM idem_begin('pay-1', '{"amount": 500}'::jsonb);
+SELECT status, response_code, response_body FROM idem_begin('pay-1', '{"amount": 501}'::jsonb, wait => false);
+SELECT status, response_code, response_body FROM idem_lookup('pay-1');
+SELECT idem_once('pay-1') AS once;
+
+------------------------------------------------------------------------
+-- phase 1: its writes and its recovery point commit together
+------------------------------------------------------------------------
+BEGIN;
+INSERT INTO lease_effects VALUES ('pay-1', 'charged', 1);
+SELECT idem_checkpoint('pay-1', :'t1', 'charged', '{"charge": "ch_1"}')
+       = now() + interval '30 seconds' AS renewed_by_lease;
+COMMIT;
+SELECT phase, phase_state, attempts FROM idem_keys WHERE key = 'pay-1';
+
+-- a recovery point that rolls back is not recorded
+BEGIN;
+INSERT INTO lease_effects VALUES ('pay-1', 'emailed', 1);
+SELECT idem_checkpoint('pay-1', :'t1', 'emailed', '{"mail": "m_1"}', extend => '1 hour')
+       = now() + interval '1 hour' AS renewed_by_extend;
+ROLLBACK;
+SELECT phase, phase_state FROM idem_keys WHERE key = 'pay-1';
+
+------------------------------------------------------------------------
+-- the holder dies; its lease runs out; the next caller resumes
+------------------------------------------------------------------------
+UPDATE idem_keys SET lease_expires_at = now() - interval '1 second' WHERE key = 'pay-1';
+-- a different request is still refused
+SELECT status, token FROM idem_lease('pay-1', '{"amount": 501}');
+BEGIN;
+SELECT status, token <> :'t1' AS new_token, phase, state, attempts
+FROM idem_lease('pay-1', '{"amount": 500}', lease => '1 minute');
+SELECT lease_token AS t2 FROM idem_keys WHERE key = 'pay-1' \gset
+COMMIT;
+SELECT lease_expires_at > now() AS lease_live, lease_duration, attempts
+FROM idem_keys WHERE key = 'pay-1';
+
+-- the old holder is fenced off: every call with its token fails with
+-- 55000 and changes nothing
+SELECT keys_state() AS before \gset
+SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'emailed')$$, :'t1'));
+SELECT try(format($$SELECT idem_finish('pay-1', 200, token => %L)$$, :'t1'));
+SELECT try(format($$SELECT idem_release('pay-1', token => %L)$$, :'t1'));
+SELECT keys_state() = :'before' AS unchanged;
+
+-- the new holder does the last phase and finishes, with its writes
+BEGIN;
+INSERT INTO lease_effects VALUES ('pay-1', 'emailed', 2);
+SELECT idem_checkpoint('pay-1', :'t2', 'emailed', '{"mail": "m_2"}')
+       = now() + interval '1 minute' AS renewed_by_new_lease;
+SELECT idem_finish('pay-1', 201, '{"id": "pay_1"}', token => :'t2');
+COMMIT;
+SELECT state, response_code, response_body, attempts, lease_token, lease_expires_at,
+       lease_duration, phase, phase_state
+FROM idem_keys WHERE key = 'pay-1';
+SELECT * FROM lease_effects ORDER BY attempt, phase;
+
+-- retries replay; tokens, old or new, no longer apply
+SELECT * FROM idem_lease('pay-1', '{"amount": 500}');
+SELECT status, response_code, response_body FROM idem_begin('pay-1', '{"amount": 500}'::jsonb);
+SELECT status, response_code FROM idem_lookup('pay-1');
+SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'late')$$, :'t2'));
+SELECT try(format($$SELECT idem_finish('pay-1', 200, token => %L)$$, :'t1'));
+
+------------------------------------------------------------------------
+-- lease, checkpoint and finish in one transaction; release; rollback
+------------------------------------------------------------------------
+BEGIN;
+SELECT token AS t3 FROM idem_lease('one-txn', scope => 's') \gset
+SELECT idem_checkpoint('one-txn', :'t3', 'a', scope => 's') > now() AS checkpointed;
+SELECT idem_finish('one-txn', 200, scope => 's', token => :'t3');
+COMMIT;
+SELECT status, response_code FROM idem_lease('one-txn', scope => 's');
+
+SELECT token AS t4 FROM idem_lease('given-up') \gset
+SELECT idem_release('given-up', token => :'t4');
+SELECT status, response_code FROM idem_lookup('given-up');
+SELECT status, attempts FROM idem_lease('given-up', '{"again": true}');
+
+BEGIN;
+SELECT status FROM idem_lease('rolled-back');
+ROLLBACK;
+SELECT status FROM idem_lookup('rolled-back');
+
+-- the commit guard does not apply: a leased key is meant to be committed
+BEGIN;
+SELECT status FROM idem_lease('left-leased');
+COMMIT;
+SELECT status FROM idem_lookup('left-leased');
+
+------------------------------------------------------------------------
+-- a lease whose ttl has passed is absent, and swept whatever its state
+------------------------------------------------------------------------
+SELECT status FROM idem_lease('short', ttl => '1 microsecond');
+SELECT status, attempts FROM idem_lease('short', '{"new": "request"}');
+SELECT status FROM idem_lease('short-2', ttl => '1 microsecond');
+BEGIN;
+SELECT idem_sweep() >= 1 AS swept;
+SELECT count(*) AS left FROM idem_keys WHERE key = 'short-2';
+COMMIT;
+
+------------------------------------------------------------------------
+-- tokens in the wrong place, and the token-less calls on a leased key
+------------------------------------------------------------------------
+SELECT lease_token AS t5 FROM idem_keys WHERE key = 'left-leased' \gset
+SELECT keys_state() AS before \gset
+SELECT try($$SELECT idem_finish('left-leased', 200)$$);
+SELECT try($$SELECT idem_release('left-leased')$$);
+SELECT try(format($$SELECT idem_finish('no-such-key', 200, token => %L)$$, :'t5'));
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, 'p', scope => 'other')$$, :'t5'));
+SELECT try(format($$SELECT idem_finish('left-leased', 200, token => %L)$$, gen_random_uuid()));
+BEGIN;
+SELECT status FROM idem_begin('plain');
+SELECT try(format($$SELECT idem_finish('plain', 200, token => %L)$$, :'t5'));
+SELECT try($$SELECT status FROM idem_lease('plain')$$);
+SELECT idem_release('plain');
+COMMIT;
+SELECT keys_state() = :'before' AS unchanged;
+
+------------------------------------------------------------------------
+-- bad arguments: precise SQLSTATEs, nothing changed
+------------------------------------------------------------------------
+SELECT try($$SELECT status FROM idem_lease(NULL)$$);
+SELECT try($$SELECT status FROM idem_lease('')$$);
+SELECT try($$SELECT status FROM idem_lease(repeat('k', 256))$$);
+SELECT try($$SELECT status FROM idem_lease('k', scope => NULL)$$);
+SELECT try($$SELECT status FROM idem_lease('k', ttl => NULL)$$);
+SELECT try($$SELECT status FROM idem_lease('k', ttl => '0')$$);
+SELECT try($$SELECT status FROM idem_lease('k', lease => NULL)$$);
+SELECT try($$SELECT status FROM idem_lease('k', lease => '-1 second')$$);
+SELECT try($$SELECT status FROM idem_lease('k', lease => '0')$$);
+SELECT try(format($$SELECT idem_checkpoint(NULL, %L, 'p')$$, :'t5'));
+SELECT try($$SELECT idem_checkpoint('left-leased', NULL, 'p')$$);
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, NULL)$$, :'t5'));
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, '')$$, :'t5'));
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, repeat('p', 256))$$, :'t5'));
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, 'p', extend => '0')$$, :'t5'));
+SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, 'p', scope => NULL)$$, :'t5'));
+SELECT try(format($$SELECT idem_finish('left-leased', 99, token => %L)$$, :'t5'));
+SELECT try(format($$SELECT idem_finish('left-leased', NULL, token => %L)$$, :'t5'));
+SELECT try($$SELECT idem_checkpoint('left-leased', 'not-a-uuid', 'p')$$);
+SELECT keys_state() = :'before' AS unchanged;
+
+DROP TABLE lease_effects;
+DROP FUNCTION try(text);
+DROP FUNCTION keys_state();
