@@ -9,32 +9,7 @@ CREATE EXTENSION IF NOT EXISTS idempotency;
 RESET client_min_messages;
 TRUNCATE idem_keys;
 
--- try(stmt): run stmt; 'ok: <first column>' or 'SQLSTATE: message (detail)'
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-  r text;
-  st text;
-  msg text;
-  det text;
-BEGIN
-  EXECUTE stmt INTO r;
-  RETURN 'ok: ' || coalesce(r, 'NULL');
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                          det = PG_EXCEPTION_DETAIL;
-  RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' (' || det || ')' ELSE '' END;
-END
-$$;
-
--- everything an error must not change: the stored keys and our key locks
-CREATE FUNCTION keys_state() RETURNS text LANGUAGE sql AS $$
-  SELECT count(*) || ' rows, md5 ' ||
-         coalesce(md5(string_agg(k::text, ',' ORDER BY k.scope, k.key)), '-') ||
-         ', locks ' || (SELECT count(*) FROM pg_locks
-                        WHERE locktype = 'advisory' AND objsubid = 18756
-                          AND pid = pg_backend_pid())
-  FROM idem_keys k
-$$;
+\i test/helpers/regress.sql
 
 -- some keys to fail against
 BEGIN;
