@@ -209,8 +209,18 @@ scenario 'two databases swept, one without the extension untouched' => sub {
 		$node->safe_psql($db, 'CREATE EXTENSION idempotency');
 		add_live($node, $db, 'live', 20);
 	}
-	# db1: expired rows written directly; db2: keys made with a 1 ms ttl
+	# db1: expired rows written directly, and leased keys (state 'p', whose
+	# work was never finished): 5 with a 1 ms ttl, 3 live; db2: keys made
+	# with a 1 ms ttl
 	add_expired($node, 'db1', 'old', 300);
+	$node->safe_psql('db1',
+		"SELECT count(*) FROM generate_series(1, 5) g, "
+		  . "idem_lease('lease' || g, ttl => '1 millisecond') AS l WHERE l.status = 'started';"
+		  . "SELECT count(*) FROM generate_series(1, 3) g, "
+		  . "idem_lease('live-lease' || g) AS l WHERE l.status = 'started'");
+	must_poll($node, 'db1',
+		"SELECT count(*) FROM idem_keys WHERE state = 'p' AND expires_at > now()", '3',
+		$SOON, 'db1 leases with a 1 ms ttl expire');
 	$node->safe_psql('db2',
 		"SELECT count(*) FROM generate_series(1, 150) g, "
 		  . "idem_once('old' || g, ttl => '1 millisecond') AS x(o) WHERE o");
@@ -243,14 +253,20 @@ CREATE FUNCTION public.idem_sweep(batch int) RETURNS bigint LANGUAGE sql
 SELECT datname, keys_removed, last_error IS NULL,
        last_duration >= interval '0', last_start <= now()
 FROM idem_sweeper_status ORDER BY datname}),
-		"db1|300|t|t|t\ndb2|150|t|t|t",
+		"db1|305|t|t|t\ndb2|150|t|t|t",
 		'view: one row per database with the extension, keys counted, no error');
+	is( $node->safe_psql('db1', q{
+SELECT datname, keys_swept FROM idem_stats
+WHERE datname IN ('db1', 'db2') ORDER BY datname}),
+		"db1|305\ndb2|150",
+		'idem_stats counts the keys the sweeper removed, per database');
+	my %live = (db1 => 23, db2 => 20);
 	for my $db (qw(db1 db2))
 	{
 		is(count_keys($node, $db, 'expires_at <= now()'),
-			'0', "$db: expired keys removed");
+			'0', "$db: expired keys removed, leased ones too");
 		is(count_keys($node, $db, 'expires_at > now()'),
-			'20', "$db: live keys kept");
+			$live{$db}, "$db: live keys kept, leased ones too");
 	}
 	is(count_keys($node, 'db3', 'true'), '100',
 		'db3 (no extension): its own idem_keys untouched');
@@ -265,7 +281,7 @@ FROM idem_sweeper_status ORDER BY datname}),
 	is(count_keys($node, 'db3', 'true'), '100',
 		'db3 still untouched after more passes');
 	is(count_keys($node, 'db1', 'true') . '/' . count_keys($node, 'db2', 'true'),
-		'20/20', 'live keys still there');
+		'23/20', 'live keys still there');
 	is($node->safe_psql('db1',
 			'SELECT string_agg(datname, \',\' ORDER BY datname) '
 		  . 'FROM idem_sweeper_status WHERE last_error IS NULL'),

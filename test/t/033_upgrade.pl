@@ -259,6 +259,42 @@ WHERE r.kind <> 'once'
 			'0', 'one business row per request (two for an expired key done again)');
 	};
 }
+# 0.2.0 replaces idem_finish and idem_release (a trailing token): the new
+# functions must keep the privileges the old ones had, so an installation
+# that locked them down stays locked down.
+if (grep { $_ eq '0.1.0' } @base)
+{
+	subtest 'update to 0.2.0 keeps the privileges of idem_finish and idem_release' => sub {
+		my $db = 'acl_0_1_0';
+		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
+		$node->safe_psql(
+			$db, q{
+CREATE EXTENSION idempotency VERSION '0.1.0';
+CREATE ROLE regress_idem_payments;
+REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) TO regress_idem_payments;
+SET client_min_messages = warning;
+ALTER EXTENSION idempotency UPDATE TO '0.2.0';});
+		is( $node->safe_psql(
+				$db, q{
+SELECT string_agg(format('%s public=%s payments=%s', p.oid::regprocedure,
+                         has_function_privilege('public', p.oid, 'EXECUTE'),
+                         has_function_privilege('regress_idem_payments', p.oid, 'EXECUTE')),
+                  ' / ' ORDER BY p.proname)
+FROM pg_proc p WHERE p.proname IN ('idem_finish', 'idem_release')}),
+			'idem_finish(text,integer,jsonb,text,uuid) public=f payments=t / '
+			  . 'idem_release(text,text,uuid) public=f payments=t',
+			'the new signatures carry the old grants, and only they exist');
+		is( $node->safe_psql(
+				$db, q{
+BEGIN;
+SELECT status FROM idem_lease('after-update');
+ROLLBACK;}),
+			'started', 'leases work after the update');
+		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP ROLE regress_idem_payments;});
+	};
+}
+
 cmp_ok($tested, '>', 0, 'at least one version tested');
 if (@base == 1 && $base[0] eq $default)
 {
