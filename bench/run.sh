@@ -2,7 +2,7 @@
 # Speed benchmark of the idempotency extension against plain-SQL baselines.
 #
 # Creates a throwaway cluster, loads it (bench/setup.sql), then for each round
-# and each commit setting runs the five pgbench scenarios of bench/scenarios/
+# and each commit setting runs the six pgbench scenarios of bench/scenarios/
 # in rotated order, and prints median TPS, ratios ext/base with their targets,
 # and WAL bytes per transaction.  Results also go to bench/results/<ts>.csv.
 #
@@ -13,6 +13,8 @@
 #   CLIENTS   pgbench -c and -j                 (default 2)
 #   NKEYS     completed keys for the replay path (default 100000)
 #   PG_CONFIG pg_config of the server to use    (default: pg_config in PATH)
+#   SCENARIOS which scenarios, space-separated  (default: all six), e.g. the
+#             counters' cost alone: SCENARIOS="ext_write ext_write_nocount"
 #   KEEP=1    keep the temporary cluster directory at the end
 #   RESULTS_DIR where the CSV goes             (default bench/results)
 # Smoke test:  DURATION=2 ROUNDS=1 bench/run.sh
@@ -36,7 +38,11 @@ PROG=run.sh
 bench_init
 
 CONFIGS=(sync_commit_on sync_commit_off)
-SCENARIOS=(ext_write base_write base_write_noexp ext_replay base_replay)
+ALL_SCENARIOS=(ext_write ext_write_nocount base_write base_write_noexp ext_replay base_replay)
+read -r -a SCENARIOS <<<"${SCENARIOS:-${ALL_SCENARIOS[*]}}"
+for s in "${SCENARIOS[@]}"; do
+	[[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || { echo "run.sh: unknown scenario $s" >&2; exit 2; }
+done
 
 TS=$(date +%Y%m%d-%H%M%S)
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
@@ -62,6 +68,7 @@ log "loading: extension, baseline tables, $NKEYS completed keys"
 	-h "$WORK" -p "$PORT" -U postgres -d bench -f "$WORK/setup.sql" >/dev/null
 
 REQ=\''{"amount": 500, "to": "acct_42"}'\''::jsonb'
+psql_q "SELECT idem_stats_reset()" >/dev/null
 replay_statuses() {
 	psql_q "SELECT string_agg(status || '=' || n, ', ' ORDER BY status)
 	          FROM (SELECT b.status, count(*) AS n
@@ -130,6 +137,7 @@ run_one() {	# round config pos scenario
 
 	case $scen in
 		ext_write) table=idem_keys letter=e ;;
+		ext_write_nocount) table=idem_keys letter=c ;;
 		base_write) table=base_keys letter=b ;;
 		base_write_noexp) table=base_keys_noexp letter=n ;;
 		*) table="" letter="" ;;
@@ -143,7 +151,10 @@ run_one() {	# round config pos scenario
 	psql_q "CHECKPOINT" >/dev/null
 	lsn0=$(psql_q "SELECT pg_current_wal_lsn()")
 	set +e
-	out=$("${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
+	# the same write path with the idem_stats counters off, for their cost
+	local options=""
+	[[ $scen == ext_write_nocount ]] && options="-c idempotency.track_stats=off"
+	out=$(PGOPTIONS="$options" "${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
 		-T "$DURATION" -c "$CLIENTS" -j "$CLIENTS" -D tag="$tag" -D nkeys="$NKEYS" \
 		-f "$WORK/scenarios/$scen.sql" bench 2>&1)
 	rc=$?
@@ -198,6 +209,13 @@ done
 st=$(replay_statuses)
 log "post-flight: idem_begin on the $NKEYS loaded keys -> $st"
 [[ $st == "replay=$NKEYS" ]] || { log "FAIL: expected replay=$NKEYS"; FAILURES=$((FAILURES + 1)); }
+
+# The counters were on for ext_write and off for ext_write_nocount: every
+# ext_write transaction, and the pre-flight one, counted one finish.
+want=$(awk -F, '$4 == "ext_write" { n += $8 } END { print n + 1 }' "$RESULTS")
+st=$(psql_q "SELECT finishes FROM idem_stats WHERE datname = current_database()")
+log "post-flight: idem_stats.finishes = $st (expected $want: ext_write transactions + 1, none from ext_write_nocount)"
+[[ $st == "$want" ]] || { log "FAIL: counters did not count exactly the ext_write finishes"; FAILURES=$((FAILURES + 1)); }
 
 "${AS_PG[@]}" "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench \
 	-P pager=off -f "$WORK/summary.sql" <"$RESULTS"

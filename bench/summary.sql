@@ -10,7 +10,8 @@ CREATE TEMP TABLE r (
 
 CREATE TEMP VIEW cfg(config, cord) AS VALUES ('sync_commit_on', 1), ('sync_commit_off', 2);
 CREATE TEMP VIEW scn(scenario, sord) AS
-    VALUES ('ext_write', 1), ('base_write', 2), ('base_write_noexp', 3), ('ext_replay', 4), ('base_replay', 5);
+    VALUES ('ext_write', 1), ('ext_write_nocount', 2), ('base_write', 3), ('base_write_noexp', 4),
+           ('ext_replay', 5), ('base_replay', 6);
 CREATE TEMP VIEW med AS
     SELECT config, scenario, count(*) AS runs,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY tps) AS med,
@@ -34,7 +35,8 @@ SELECT m.config, m.scenario, m.runs,
 WITH pairs(path, ext, base, target, note) AS (VALUES
         ('write',  'ext_write',  'base_write',       0.90, 'equivalent baseline (has expires_at index, like idem_keys)'),
         ('write',  'ext_write',  'base_write_noexp', 0.90, 'baseline without the expires_at index'),
-        ('replay', 'ext_replay', 'base_replay',      0.80, 'bare primary-key SELECT')),
+        ('replay', 'ext_replay', 'base_replay',      0.80, 'bare primary-key SELECT'),
+        ('counters', 'ext_write', 'ext_write_nocount', 0.98, 'idem_stats counting on / off: costs at most 2%')),
      paired AS (
         SELECT p.ext, p.base, e.config,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY e.tps / nullif(b.tps, 0)) AS pr
