@@ -261,7 +261,9 @@ idem_lease(PG_FUNCTION_ARGS)
 		break;
 	}
 	IdemKeyUnlock(&key);
-	if (rec.state == IDEM_STATE_LEASED && strcmp(res.status, "in_progress") != 0)
+
+	/* only the new holder learns the token */
+	if (res.counted_as == IDEM_STAT_STARTED || res.counted_as == IDEM_STAT_RESUMED)
 	{
 		token = rec.lease_token;
 		res.token = &token;
