@@ -137,7 +137,7 @@ run_one() {	# round config pos scenario
 
 	case $scen in
 		ext_write) table=idem_keys letter=e ;;
-		ext_write_nocount) table=idem_keys letter=c ;;
+		ext_write_nocount) table=idem_keys letter=e ;;
 		base_write) table=base_keys letter=b ;;
 		base_write_noexp) table=base_keys_noexp letter=n ;;
 		*) table="" letter="" ;;
@@ -151,12 +151,15 @@ run_one() {	# round config pos scenario
 	psql_q "CHECKPOINT" >/dev/null
 	lsn0=$(psql_q "SELECT pg_current_wal_lsn()")
 	set +e
-	# the same write path with the idem_stats counters off, for their cost
-	local options=""
-	[[ $scen == ext_write_nocount ]] && options="-c idempotency.track_stats=off"
+	# ext_write_nocount is ext_write with the idem_stats counters off, for
+	# their cost; its keys get a tag of their own, so both can be counted
+	local options="" script=$scen
+	if [[ $scen == ext_write_nocount ]]; then
+		options="-c idempotency.track_stats=off" script=ext_write tag="${tag}x"
+	fi
 	out=$(PGOPTIONS="$options" "${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
 		-T "$DURATION" -c "$CLIENTS" -j "$CLIENTS" -D tag="$tag" -D nkeys="$NKEYS" \
-		-f "$WORK/scenarios/$scen.sql" bench 2>&1)
+		-f "$WORK/scenarios/$script.sql" bench 2>&1)
 	rc=$?
 	set -e
 	lsn1=$(psql_q "SELECT pg_current_wal_lsn()")

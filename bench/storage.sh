@@ -65,7 +65,7 @@ SELECT now() - interval '1 hour',
        sha256(g::text::bytea),
        CASE WHEN leased THEN NULL ELSE jsonb_build_object('id', g, 'state', 'paid') END,
        CASE WHEN leased THEN gen_random_uuid() END,
-       CASE WHEN leased THEN now() + CASE WHEN g % 2 = 0 THEN interval '30 seconds' ELSE interval '-30 seconds' END END,
+       CASE WHEN leased THEN now() + CASE WHEN g % 2 = 0 THEN interval '1 hour' ELSE interval '-1 hour' END END,
        CASE WHEN leased THEN interval '30 seconds' END,
        CASE WHEN leased THEN 1 END
 FROM generate_series(1, $NKEYS) g,
