@@ -16,9 +16,12 @@
  * Every change to a leased record is made holding the key's lock
  * (idem_xact.c), after waiting for any transaction still writing the row:
  * two callers never both take a key over, and a checkpoint and a takeover
- * are serialized, the second seeing what the first committed.  A leased key
- * is never an open key of its transaction, so the commit guard leaves it
- * alone; the sweeper removes it once its ttl has passed, like any other.
+ * are serialized, the second seeing what the first committed.  After each
+ * write the command counter is advanced, so that calls on the same key in
+ * one statement (a lease and its finish in one SELECT) see each other's
+ * writes as they would in two.  A leased key is never an open key of its
+ * transaction, so the commit guard leaves it alone; the sweeper removes it
+ * once its ttl has passed, like any other.
  */
 #include "postgres.h"
 
@@ -239,6 +242,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.lease_duration = *lease;
 			rec.attempts = 1;
 			IdemStoreInsert(&store, &key, &rec);
+			CommandCounterIncrement();
 			res.status = "started";
 			res.counted_as = IDEM_STAT_STARTED;
 			break;
@@ -254,6 +258,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		rec.attempts++;
 		if (!IdemStoreUpdate(&store, &key, &rec))
 			continue;			/* a sweep took it meanwhile: look again */
+		CommandCounterIncrement();
 		res.status = "resumed";
 		res.counted_as = IDEM_STAT_RESUMED;
 		res.phase = rec.phase;
@@ -374,6 +379,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 			IdemAddInterval(now, PG_ARGISNULL(5) ? &rec.lease_duration :
 							PG_GETARG_INTERVAL_P(5), "extend");
 	} while (!IdemStoreUpdate(&store, &key, &rec));
+	CommandCounterIncrement();
 	IdemKeyUnlock(&key);
 	IdemStoreClose(&store);
 
@@ -404,6 +410,7 @@ IdemLeaseFinish(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 		rec.response_body = response_body;
 		rec.body_isnull = (response_body == (Datum) 0);
 	} while (!IdemStoreUpdate(store, key, &rec));
+	CommandCounterIncrement();
 	IdemKeyUnlock(key);
 }
 
@@ -420,5 +427,6 @@ IdemLeaseRelease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token)
 	do
 		RequireLease(store, key, token, "release", now, &rec);
 	while (!IdemStoreDelete(store, &rec.tid));
+	CommandCounterIncrement();
 	IdemKeyUnlock(key);
 }

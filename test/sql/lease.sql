@@ -118,6 +118,17 @@ SELECT status FROM idem_lease('rolled-back');
 ROLLBACK;
 SELECT status FROM idem_lookup('rolled-back');
 
+-- calls on one key in one statement see each other's writes
+SELECT idem_finish('same-statement', 200, token => l.token)
+FROM idem_lease('same-statement') l;
+SELECT status, response_code FROM idem_lookup('same-statement');
+WITH l AS (SELECT token FROM idem_lease('same-statement-2'))
+SELECT idem_checkpoint('same-statement-2', l.token, 'one') IS NOT NULL AS one,
+       idem_checkpoint('same-statement-2', l.token, 'two') IS NOT NULL AS two,
+       idem_release('same-statement-2', token => l.token) IS NOT NULL AS released
+FROM l;
+SELECT status FROM idem_lookup('same-statement-2');
+
 -- the commit guard does not apply: a leased key is meant to be committed
 BEGIN;
 SELECT status FROM idem_lease('left-leased');
