@@ -118,7 +118,7 @@ GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
 /* The (scope, key) of a call. */
 void
 IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
-		   IdemKey *key)
+			   IdemKey *key)
 {
 	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
 						  IDEM_KEY_MAX_LEN, false);
