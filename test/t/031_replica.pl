@@ -118,6 +118,13 @@ $standby->start;
 is(add_requests($primary, 'after', 21, 20), '0', 'primary: 60 more after the backup');
 $primary->safe_psql('postgres', q{
 SELECT idem_once('msg-' || g, 'consumer') FROM generate_series(11, 20) g;});
+# leases: one live, one run out (its worker died), one finished
+my $lease_token = $primary->safe_psql('postgres', q{
+SELECT status FROM idem_lease('lease-out', lease => '1 microsecond');
+SELECT idem_finish('lease-done', 201, '{"id": "l"}', token => token)
+FROM idem_lease('lease-done');
+SELECT token FROM idem_lease('lease-live', lease => '1 hour');});
+$lease_token = (split /\n/, $lease_token)[-1];
 my $primary_retries = $primary->safe_psql('postgres', $RETRIES);
 $primary->wait_for_catchup($standby);
 
@@ -164,6 +171,20 @@ COMMIT;}),
 		'25006', 'standby: idem_once of a new message fails with 25006');
 	is(sqlstate($standby, q{SELECT idem_sweep()}),
 		'25006', 'standby: idem_sweep fails with 25006');
+	is( $standby->safe_psql(
+			'postgres', q{
+SELECT string_agg(l.status || coalesce(':' || l.response_code, ''), ',' ORDER BY k)
+FROM unnest(ARRAY['lease-done', 'lease-live']) k, idem_lease(k) l}),
+		'replay:201,in_progress',
+		'standby: idem_lease replays a finished lease and reports a live one in progress');
+	is(sqlstate($standby, q{SELECT * FROM idem_lease('lease-out')}),
+		'25006', 'standby: taking over a lease that ran out fails with 25006');
+	is(sqlstate($standby, q{SELECT * FROM idem_lease('lease-new')}),
+		'25006', 'standby: a new lease fails with 25006');
+	is(sqlstate($standby, qq{SELECT idem_checkpoint('lease-live', '$lease_token', 'p')}),
+		'25006', 'standby: idem_checkpoint fails with 25006');
+	is(sqlstate($standby, qq{SELECT idem_finish('lease-live', 200, token => '$lease_token')}),
+		'25006', 'standby: idem_finish with a token fails with 25006');
 	is( $standby->safe_psql(
 			'postgres',
 			q{SELECT status FROM idem_lookup('new-on-standby') UNION ALL SELECT status FROM idem_lookup('short')}),
