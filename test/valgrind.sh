@@ -2,7 +2,9 @@
 # Run the pg_regress suite against a server running under valgrind memcheck
 # and fail if valgrind reports an error with a frame in the extension.
 # Run as root after test/setup.sh (installs valgrind if missing).  Slow: a
-# few minutes.
+# few minutes.  With SPECS="race_lease_stale ..." (or SPECS=all) it also runs
+# those isolation specs under memcheck, for the paths only concurrency takes
+# (waits, takeovers); test/check.sh leaves them out to stay within CI's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,13 @@ status=0
 as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
     --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out' \
     --bindir=$bin $tests" || status=$?
+specs=${SPECS:-}
+[ "$specs" = all ] && specs=$(cd test/specs && ls *.spec | sed 's/\.spec$//' | sort | tr '\n' ' ')
+if [ -n "$specs" ]; then
+    as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress \
+        --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out-iso' \
+        --bindir=$bin $specs" || status=$?
+fi
 as_pg "$bin/pg_ctl -D '$dir/data' -m fast -w stop" >/dev/null || true
 
 # Errors whose stack has a frame in our library (postgres itself is not
@@ -48,5 +57,5 @@ else
     errors=$(cat "$dir"/vg.*.log 2>/dev/null | grep -c "^==[0-9]*== [A-Z]" || true)
     echo "valgrind: no error with a frame in idempotency.so ($errors lines of other reports)"
 fi
-[ $status -eq 0 ] || { [ -f "$dir/out/regression.diffs" ] && cat "$dir/out/regression.diffs"; }
+[ $status -eq 0 ] || cat "$dir"/out/regression.diffs "$dir"/out-iso/regression.diffs 2>/dev/null || true
 exit $status
