@@ -91,24 +91,8 @@ SELECT count(*) FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE c.relname = 'idem_keys' AND pg_relation_size(t.oid) > 0}),
 	'1', 'app: the big bodies are stored out of line');
 
-# What every retry returns: the full row, the body as its md5, the times of
-# started ones left out (they are now()).  Run in a transaction that rolls
-# back, so that the expired keys started here stay as they are.
-my $RETRIES = q{
-BEGIN;
-SELECT string_agg(format('%s/%s %s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
-                         md5(b.response_body::text),
-                         CASE WHEN b.status <> 'started' THEN b.created_at END,
-                         CASE WHEN b.status <> 'started' THEN b.expires_at END),
-                  E'\n' ORDER BY r.scope, r.key)
-FROM requests r, begin_request(r) b;
-ROLLBACK;};
-my $MISMATCHES = q{
-BEGIN;
-SELECT string_agg(format('%s/%s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
-                         b.created_at, b.expires_at), E'\n' ORDER BY r.scope, r.key)
-FROM requests r, begin_request(r, true) b WHERE r.kind <> 'once' AND r.expect = 'replay';
-ROLLBACK;};
+my $RETRIES = $IdemRequests::retries;
+my $MISMATCHES = $IdemRequests::mismatches;
 # The key table's definition, as far as a restore could change it.
 my $DEFINITION = q{
 SELECT concat_ws(E'\n',

@@ -91,22 +91,8 @@ SELECT count(*) FROM requests r, handle(r) s WHERE r.key LIKE '$prefix-%' AND s 
 	return $sql;
 }
 
-# Every retry, rolled back: the full row (body as md5; no times for started).
-my $RETRIES = q{
-BEGIN;
-SELECT string_agg(format('%s/%s %s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
-                         md5(b.response_body::text),
-                         CASE WHEN b.status <> 'started' THEN b.created_at END,
-                         CASE WHEN b.status <> 'started' THEN b.expires_at END),
-                  E'\n' ORDER BY r.scope, r.key)
-FROM requests r, begin_request(r) b;
-ROLLBACK;};
-my $MISMATCHES = q{
-BEGIN;
-SELECT string_agg(format('%s/%s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
-                         b.created_at, b.expires_at), E'\n' ORDER BY r.scope, r.key)
-FROM requests r, begin_request(r, true) b WHERE r.kind <> 'once' AND r.expect = 'replay';
-ROLLBACK;};
+my $RETRIES = $IdemRequests::retries;
+my $MISMATCHES = $IdemRequests::mismatches;
 
 # The extension's objects and their definitions.
 my $CATALOG = q{

@@ -3,7 +3,9 @@
 # records what was sent (kind jsonb, text, bytea or once; the body of its
 # kind; ttl; the response to store; the status a retry must get);
 # begin_request() sends a request again (with a different body if other);
-# handle() is the request handler, recording one order per started key.
+# handle() is the request handler, recording one order per started key;
+# $retries and $mismatches are what every retry, and every retry with
+# another body, returns.
 package IdemRequests;
 
 use strict;
@@ -47,5 +49,27 @@ BEGIN
     RETURN s;
 END $$;
 };
+
+# What every retry returns: the full row, the body as its md5, the times of
+# started ones left out (they are now()).  Run in a transaction that rolls
+# back, so that the expired keys started here stay as they are.
+our $retries = q{
+BEGIN;
+SELECT string_agg(format('%s/%s %s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
+                         md5(b.response_body::text),
+                         CASE WHEN b.status <> 'started' THEN b.created_at END,
+                         CASE WHEN b.status <> 'started' THEN b.expires_at END),
+                  E'\n' ORDER BY r.scope, r.key)
+FROM requests r, begin_request(r) b;
+ROLLBACK;};
+
+# The same live keys sent with another body: every one a mismatch, with the
+# stored times and no response.
+our $mismatches = q{
+BEGIN;
+SELECT string_agg(format('%s/%s %s %s %s %s', r.scope, r.key, b.status, b.response_code,
+                         b.created_at, b.expires_at), E'\n' ORDER BY r.scope, r.key)
+FROM requests r, begin_request(r, true) b WHERE r.kind <> 'once' AND r.expect = 'replay';
+ROLLBACK;};
 
 1;
