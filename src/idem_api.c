@@ -310,12 +310,51 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
 }
 
 /*
+ * Probe the key once no other transaction is writing its record: wait for a
+ * transaction still inserting it (or deleting it before it expired), or,
+ * if !wait, return IDEM_PROBE_BUSY at once.  Otherwise IDEM_PROBE_FOUND
+ * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, or one
+ * a sweeper is deleting, counts as none, and *stale then says the caller
+ * must clear it before inserting (IdemClearExpiredRecord).  With the key's
+ * lock held, nobody else can change the record after the wait.
+ */
+IdemProbeResult
+IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
+				 bool wait, IdemRecord *rec, bool *stale)
+{
+	for (;;)
+	{
+		SnapshotData dirty;
+		TransactionId xwait = InvalidTransactionId;
+		IdemProbeResult probe;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
+		if (probe == IDEM_PROBE_BUSY &&
+			(rec->inserting || rec->expires_at > now))
+		{
+			/* finished by a transaction still running */
+			if (!wait)
+				return IDEM_PROBE_BUSY;
+			XactLockTableWait(xwait, store->heap, &rec->tid,
+							  XLTW_InsertIndexUnique);
+			continue;
+		}
+		*stale = false;
+		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
+			return IDEM_PROBE_FOUND;
+		*stale = (probe != IDEM_PROBE_ABSENT);
+		return IDEM_PROBE_ABSENT;
+	}
+}
+
+/*
  * Wait until the key is free and decide, holding its lock: a live record
  * gives replay or mismatch (and the lock is let go), no live record gives
- * "started" (and the lock is kept, for idem_begin).  An expired record, or
- * one a sweeper is deleting, counts as none; it is removed only when the
- * key is written (ClearExpiredRecord), so a begin itself writes nothing and
- * a released key leaves nothing behind for others to wait on.  Returns false
+ * "started" (and the lock is kept, for idem_begin).  A begin itself writes
+ * nothing: an expired record is removed only when the key is written, so a
+ * released key leaves nothing behind for others to wait on.  Returns false
  * for "in_progress" (only when !wait).
  */
 static bool
@@ -323,47 +362,25 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 			 TimestampTz now, const char *caller, IdemRecord *rec,
 			 bool *live, bool *stale)
 {
-	SnapshotData dirty;
-
 	if (!IdemKeyLock(key, wait))
 		return false;
 
-	for (;;)
+	switch (IdemProbeSettled(store, key, now, wait, rec, stale))
 	{
-		IdemProbeResult probe;
-		TransactionId xwait = InvalidTransactionId;
-
-		CHECK_FOR_INTERRUPTS();
-		InitDirtySnapshot(dirty);
-		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
-
-		if (probe == IDEM_PROBE_BUSY &&
-			(rec->inserting || rec->expires_at > now))
-		{
-			/* finished by a transaction still running */
-			if (!wait)
-			{
-				IdemKeyUnlock(key);
-				return false;
-			}
-			XactLockTableWait(xwait, store->heap, &rec->tid,
-							  XLTW_InsertIndexUnique);
-			continue;
-		}
-
-		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
-		{
+		case IDEM_PROBE_BUSY:
+			IdemKeyUnlock(key);
+			return false;
+		case IDEM_PROBE_FOUND:
 			IdemKeyUnlock(key);
 			IdemCheckRecordVisible(rec, key);
 			*live = true;
 			return true;
-		}
-
-		PreventCommandIfReadOnly(caller);
-		*live = false;
-		*stale = (probe != IDEM_PROBE_ABSENT);
-		return true;
+		case IDEM_PROBE_ABSENT:
+			break;
 	}
+	PreventCommandIfReadOnly(caller);
+	*live = false;
+	return true;
 }
 
 /*

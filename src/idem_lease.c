@@ -29,11 +29,9 @@
 #include "access/xact.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -84,41 +82,12 @@ TokensEqual(const pg_uuid_t *a, const pg_uuid_t *b)
 	return memcmp(a->data, b->data, UUID_LEN) == 0;
 }
 
-/*
- * Probe the key once no other transaction is writing its record, and say
- * whether it has a live one.  A record that expired (or is being deleted
- * after it expired) counts as none; *stale then says the caller must clear
- * it before inserting.  The caller holds the key's lock, so after the wait
- * nobody else can change the record.
- */
+/* Probe the key, waiting out its writers: does it have a live record? */
 static bool
 ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 			 IdemRecord *rec, bool *stale)
 {
-	for (;;)
-	{
-		SnapshotData dirty;
-		TransactionId xwait = InvalidTransactionId;
-		IdemProbeResult probe;
-
-		CHECK_FOR_INTERRUPTS();
-		InitDirtySnapshot(dirty);
-		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
-		if (probe == IDEM_PROBE_BUSY &&
-			(rec->inserting || rec->expires_at > now))
-		{
-			XactLockTableWait(xwait, store->heap, &rec->tid,
-							  XLTW_InsertIndexUnique);
-			continue;
-		}
-		*stale = (probe != IDEM_PROBE_ABSENT);
-		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
-		{
-			*stale = false;
-			return true;
-		}
-		return false;
-	}
+	return IdemProbeSettled(store, key, now, true, rec, stale) == IDEM_PROBE_FOUND;
 }
 
 /*
