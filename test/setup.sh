@@ -11,9 +11,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # server and build; TAP; examples (libpq for C, psycopg for Python,
-# PgBouncer for the pooling test); valgrind for test/valgrind.sh
+# PgBouncer for the pooling test, postgres_exporter, promtool and PyYAML for
+# the monitoring example); valgrind for test/valgrind.sh
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync
-          libpq-dev python3-psycopg pgbouncer valgrind)
+          libpq-dev python3-psycopg pgbouncer valgrind
+          prometheus prometheus-postgres-exporter python3-yaml curl)
 command -v node >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     mkdir -p /etc/postgresql-common
     if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
         echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+    fi
+    # and no service started by the packages (Prometheus, its exporter,
+    # PgBouncer): the tests start what they need on ports of their own
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' >$policy
+        chmod +x $policy
+        trap 'rm -f $policy' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

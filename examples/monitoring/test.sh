@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Test of the monitoring example; run by examples/run-tests.sh with
 # PGHOST/PGPORT/PGUSER (a superuser)/PGDATABASE (a fresh database with the
-# extension) set.  Makes a known set of calls, then runs every query of
-# queries.yaml with psql as a role that is only a member of pg_monitor (set up
-# as README.md says), and fails if a query fails, if its columns and its
-# metrics list differ, if a value would not be a number for the exporter, or
-# if the figures are not those of the calls made.  Also checks that
-# alerts.yaml uses only metrics that queries.yaml exports.
+# extension) set.  Makes a known set of calls, then runs the real
+# postgres_exporter (Debian's prometheus-postgres-exporter) with queries.yaml
+# as a role that is only a member of pg_monitor (set up as README.md says),
+# scrapes it once, and fails if the exporter reports an error, if a query's
+# columns and its metrics list differ, if a metric is missing or has the
+# wrong type, or if the figures are not those of the calls made.  Checks
+# alerts.yaml with promtool: valid rules, on exported metrics only, and the
+# unit tests of alerts_test.yaml (each alert fires when it should and not
+# before).
 #
 # To get a sweeper pass over the new database without waiting for the next
 # one, it sets idempotency.sweep_interval to 1s with ALTER SYSTEM for a few
@@ -17,8 +20,10 @@ export PGOPTIONS='-c client_min_messages=warning'
 role=idem_monitor_test
 tmp=$(mktemp -d)
 sped_up=false
+exporter_pid=
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 cleanup() {
+    [ -z "$exporter_pid" ] || kill "$exporter_pid" 2>/dev/null || true
     if $sped_up; then
         sql -c "ALTER SYSTEM RESET idempotency.sweep_interval" -c "SELECT pg_reload_conf()" >/dev/null || true
     fi
@@ -76,271 +81,119 @@ if [ "$(row)" = 0 ] && [ "$(sql -c "SELECT count(*) FROM pg_file_settings
 fi
 sweeper_rows=$(row)
 
-# 4. every query as the monitoring role; what the exporter would export
-if ROLE=$role /usr/bin/python3 -B - queries.yaml alerts.yaml "$tmp/metrics" <<'EOF'
-import csv, io, json, os, re, subprocess, sys
+# 4. postgres_exporter (Debian's prometheus-postgres-exporter) with
+# queries.yaml, connected as the monitoring role; one scrape of its /metrics
+exporter=$(command -v prometheus-postgres-exporter || command -v postgres_exporter)
+listen=127.0.0.1:${EXPORTER_PORT:-19187}
+DATA_SOURCE_NAME="host=$PGHOST port=$PGPORT user=$role dbname=$PGDATABASE sslmode=disable" \
+    "$exporter" --extend.query-path=queries.yaml --web.listen-address="$listen" \
+    --disable-default-metrics --disable-settings-metrics >"$tmp/exporter.log" 2>&1 &
+exporter_pid=$!
+for _ in $(seq 1 100); do  # up to 10 s for it to listen
+    curl -sf "http://$listen/metrics" >/dev/null 2>&1 && break
+    kill -0 "$exporter_pid" 2>/dev/null || break
+    sleep 0.1
+done
+curl -sf "http://$listen/metrics" >"$tmp/scrape" || echo "# no answer from the exporter"
+kill "$exporter_pid" 2>/dev/null || true
+wait "$exporter_pid" 2>/dev/null || true
+exporter_pid=
+if ! check "the exporter answered and logged no error" \
+        test -s "$tmp/scrape" -a "$(grep -c 'level=error' "$tmp/exporter.log")" -eq 0; then
+    cat "$tmp/exporter.log"
+fi
 
-def scalar(s):
-    s = s.strip()
-    if s.startswith('"'):
-        return json.loads(s)        # the files use JSON-compatible escapes only
-    if s.startswith("'"):
-        return s[1:-1].replace("''", "'")
-    s = re.sub(r'\s+#.*$', '', s)
-    if s in ('true', 'True'):
-        return True
-    if s in ('false', 'False'):
-        return False
-    if s in ('', '~', 'null'):
-        return None
-    if re.fullmatch(r'[-+]?\d+', s):
-        return int(s)
-    return s
+# what it exported: every column of queries.yaml's metrics lists, with the
+# type the list gives, and nothing else
+if /usr/bin/python3 -B - queries.yaml "$tmp/scrape" "$tmp/metrics" "$sweeper_rows" <<'EOF'
+import re, sys, yaml
 
-class MiniYaml:
-    """The YAML that queries.yaml and alerts.yaml use: block mappings and
-    sequences, plain and quoted scalars, |, |-, > and >- block scalars,
-    full-line comments."""
-    def __init__(self, text):
-        self.lines = text.split('\n')
-        self.i = 0
-        self.over = None            # (indent, text) standing in for line i
-
-    def peek(self):
-        if self.over:
-            return self.over
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            t = line.strip()
-            if t and not t.startswith('#'):
-                return (len(line) - len(line.lstrip(' ')), t)
-            self.i += 1
-        return None
-
-    def advance(self):
-        self.over = None
-        self.i += 1
-
-    def fail(self, what):
-        raise ValueError('line %d: %s' % (self.i + 1, what))
-
-    def parse(self):
-        doc = self.node(0)
-        if self.peek() is not None:
-            self.fail('unexpected %r' % (self.peek()[1],))
-        return doc
-
-    def node(self, indent):
-        p = self.peek()
-        if p is None or p[0] < indent:
-            return None
-        if p[1] == '-' or p[1].startswith('- '):
-            return self.seq(p[0])
-        return self.map(p[0])
-
-    @staticmethod
-    def split_key(t):
-        idx = t.find(': ')
-        if idx < 0 and t.endswith(':'):
-            idx = len(t) - 1
-        if idx <= 0 or t[0] in '"\'{[|>&*!%@`':
-            return None
-        return t[:idx], t[idx + 1:].strip()
-
-    def seq(self, indent):
-        out = []
-        while True:
-            p = self.peek()
-            if p is None or p[0] != indent or not (p[1] == '-' or p[1].startswith('- ')):
-                return out
-            rest = p[1][1:].lstrip()
-            if not rest:
-                self.advance()
-                out.append(self.node(indent + 1))
-            elif self.split_key(rest):
-                self.over = (indent + len(p[1]) - len(rest), rest)
-                out.append(self.map(self.over[0]))
-            else:
-                self.advance()
-                out.append(scalar(rest))
-
-    def map(self, indent):
-        out = {}
-        while True:
-            p = self.peek()
-            if p is None or p[0] != indent or p[1].startswith('- '):
-                if p is not None and p[0] > indent:
-                    self.fail('bad indentation')
-                return out
-            kv = self.split_key(p[1])
-            if kv is None:
-                self.fail('expected "key: value", got %r' % (p[1],))
-            key, rest = kv
-            if key in out:
-                self.fail('duplicate key %r' % (key,))
-            self.advance()
-            if rest.startswith('#'):
-                rest = ''
-            if rest[:1] in ('|', '>'):
-                out[key] = self.block(indent, rest)
-            elif rest:
-                out[key] = scalar(rest)
-            else:
-                n = self.peek()
-                if n is not None and (n[0] > indent or (n[0] == indent and n[1].startswith('- '))):
-                    out[key] = self.node(n[0])
-                else:
-                    out[key] = None
-        return out
-
-    def block(self, indent, header):
-        if header not in ('|', '|-', '>', '>-'):
-            self.fail('unsupported block scalar header %r' % (header,))
-        lines, bi = [], None
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.strip() == '':
-                lines.append('')
-                self.i += 1
-                continue
-            li = len(line) - len(line.lstrip(' '))
-            if bi is None:
-                if li <= indent:
-                    break
-                bi = li
-            if li < bi:
-                break
-            lines.append(line[bi:])
-            self.i += 1
-        while lines and lines[-1] == '':
-            lines.pop()
-        if header[0] == '|':
-            text = '\n'.join(lines)
-        else:
-            text, sep = '', ''
-            for line in lines:
-                if line == '':
-                    text += '\n'
-                    sep = ''
-                else:
-                    text += sep + line
-                    sep = ' '
-        return text if header.endswith('-') or not text else text + '\n'
-
-def load(path):
-    text = open(path, encoding='utf-8').read()
-    mini = MiniYaml(text).parse()
-    try:
-        import yaml
-    except ImportError:
-        print('# %s: PyYAML absent, parsed with the minimal parser' % path)
-        return mini
-    doc = yaml.safe_load(text)
-    if doc != mini:
-        print('FAILED - %s: the minimal parser disagrees with PyYAML' % path)
-        sys.exit(1)
-    print('ok - %s parses (PyYAML, and the minimal parser agrees)' % path)
-    return doc
-
-queries_path, alerts_path, metrics_path = sys.argv[1:4]
-role = os.environ['ROLE']
+queries_path, scrape_path, metrics_path, sweeper_rows = sys.argv[1:5]
+queries = yaml.safe_load(open(queries_path, encoding='utf-8'))
 failures = []
 def check(problems, what):
+    print(('FAILED - %s: %s' % (what, '; '.join(problems))) if problems else 'ok - ' + what)
     if problems:
-        print('FAILED - %s: %s' % (what, '; '.join(problems)))
         failures.append(what)
-    else:
-        print('ok - ' + what)
 
-queries = load(queries_path)
-exported = set()
-out = []
+known_keys = {'query', 'master', 'metrics', 'cache_seconds'}
+types = {}      # metric name -> the type queries.yaml gives it
 for ns, spec in queries.items():
     problems = []
-    if not (isinstance(spec, dict) and isinstance(spec.get('query'), str)
-            and isinstance(spec.get('metrics'), list)
-            and set(spec) <= {'query', 'master', 'metrics', 'cache_seconds'}):
-        check(['needs query and metrics, and nothing the exporter does not know'], ns)
-        continue
-    usage, order = {}, []
+    if set(spec) - known_keys:
+        problems.append('keys the exporter does not know: %s' % sorted(set(spec) - known_keys))
     for m in spec['metrics']:
         (col, d), = m.items()
-        usage[col] = d.get('usage')
-        order.append(col)
         if d.get('usage') not in ('LABEL', 'COUNTER', 'GAUGE') or not d.get('description'):
             problems.append('%s: needs usage LABEL, COUNTER or GAUGE and a description' % col)
-    if len(order) != len(set(order)):
-        problems.append('a column is listed twice')
-    r = subprocess.run(['psql', '-X', '-q', '--csv', '-v', 'ON_ERROR_STOP=1', '-U', role,
-                        '-c', spec['query']],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if r.returncode != 0:
-        check(problems + ['the query fails: ' + r.stderr.strip()], ns)
-        continue
-    rows = list(csv.reader(io.StringIO(r.stdout)))
-    header, data = rows[0], rows[1:]
-    extra = [c for c in header if c not in usage]
-    missing = [c for c in order if c not in header]
-    if extra:
-        problems.append('returns columns the metrics list lacks: ' + ', '.join(extra))
-    if missing:
-        problems.append('the metrics list names columns it does not return: ' + ', '.join(missing))
-    if len(header) != len(set(header)):
-        problems.append('returns a column twice')
-    labels = [c for c in header if usage.get(c) == 'LABEL']
-    values = [c for c in header if c in usage and usage[c] != 'LABEL']
-    exported.update('%s_%s' % (ns, c) for c in values)
-    for row in data:
-        v = dict(zip(header, row))
-        lab = ','.join('%s="%s"' % (c, v[c]) for c in labels)
-        problems += ['label %s is NULL' % c for c in labels if v[c] == '']
-        for c in values:
-            try:
-                float(v[c])
-            except ValueError:
-                problems.append('%s = %r is no number' % (c, v[c]))
-            out.append('%s_%s{%s} %s' % (ns, c, lab, v[c]))
-    check(problems, '%s: runs as %s, %d row(s), columns = metrics list (%s)'
-          % (ns, role, len(data), ', '.join(header)))
-with open(metrics_path, 'w') as f:
-    f.write('\n'.join(out) + '\n')
+        elif d['usage'] != 'LABEL':
+            types['%s_%s' % (ns, col)] = d['usage'].lower()
+    check(problems, '%s: every metric has a usage and a description' % ns)
 
-alerts = load(alerts_path)
-names = []
-for group in alerts.get('groups') or []:
-    for rule in group.get('rules') or []:
-        name = rule.get('alert')
-        names.append(name)
-        ann = rule.get('annotations') or {}
-        problems = []
-        if not (name and isinstance(rule.get('expr'), str)):
-            problems.append('needs alert and expr')
-        if (rule.get('labels') or {}).get('severity') not in ('info', 'warning', 'critical'):
-            problems.append('needs labels.severity')
-        if not (ann.get('summary') and ann.get('description')):
-            problems.append('needs annotations.summary and .description')
-        if not re.fullmatch(r'(\d+[smhd])?', str(rule.get('for') or '')):
-            problems.append('bad for: %r' % (rule.get('for'),))
-        used = set(re.findall(r'\bidem_[a-z_]+', rule.get('expr') or ''))
-        unknown = sorted(used - exported)
-        if not used or unknown:
-            problems.append('uses metrics queries.yaml does not export: %s' % (', '.join(unknown) or 'none at all'))
-        check(problems, 'alert %s (%s)' % (name, ', '.join(sorted(used))))
-check([] if len(names) == len(set(names)) else ['duplicates'], 'alert names are unique')
+helps, got_types, samples = {}, {}, []
+for line in open(scrape_path, encoding='utf-8'):
+    line = line.rstrip('\n')
+    m = re.match(r'# (HELP|TYPE) (\S+) (.*)', line)
+    if m:
+        (helps if m.group(1) == 'HELP' else got_types)[m.group(2)] = m.group(3)
+    elif line and not line.startswith('#'):
+        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)', line)
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ''))
+        samples.append((m.group(1), labels, float(m.group(3))))
+
+def values(name):
+    return [v for n, _, v in samples if n == name]
+def all_zero(name, what):
+    v = values(name)
+    check([] if v and set(v) == {0.0} else ['%s = %s' % (name, v)], what)
+all_zero('pg_exporter_last_scrape_error', 'the scrape had no error')
+all_zero('pg_exporter_user_queries_load_error', 'the exporter loaded queries.yaml')
+
+exported = {n for n, _, _ in samples if n.startswith('idem_')}
+unknown = sorted(n for n in exported if helps.get(n, '').startswith('Unknown metric'))
+check(['returned by a query but not in its metrics list: ' + ', '.join(unknown)] if unknown else [],
+      'every column the queries return is in their metrics list')
+missing = sorted(set(types) - exported)
+if sweeper_rows == '0':     # no pass over this database yet: no row to export
+    missing = [n for n in missing if not n.startswith('idem_sweeper_status_')]
+check(['not exported: ' + ', '.join(missing)] if missing else [],
+      'every metric of queries.yaml is exported (%d)' % len(types))
+wrong = ['%s is %s, not %s' % (n, got_types.get(n), t)
+         for n, t in sorted(types.items()) if n in exported and got_types.get(n) != t]
+check(wrong, 'each metric has the type queries.yaml gives it')
+unlabelled = sorted({n for n, l, _ in samples if n in exported and not l.get('datname')})
+check(['without a datname label: ' + ', '.join(unlabelled)] if unlabelled else [],
+      'every idem_ sample has a datname label')
+
+with open(metrics_path, 'w') as f:      # "metric datname value", one per sample
+    for n, l, v in samples:
+        if n in exported:
+            f.write('%s %s %s\n' % (n, l.get('datname', ''), int(v) if v == int(v) else v))
 sys.exit(1 if failures else 0)
 EOF
 then
-    check "queries.yaml and alerts.yaml" true
+    check "the exporter's metrics" true
 else
-    check "queries.yaml and alerts.yaml" false
+    check "the exporter's metrics" false
 fi
-echo "--- what postgres_exporter would export:"
-cat "$tmp/metrics"
+echo "--- what postgres_exporter exported:"
+grep '^idem_' "$tmp/scrape" || true
 echo "---"
 
-# 5. the figures are those of the calls above
+# 5. the alerting rules: valid, on exported metrics only, and firing (or
+# not) as alerts_test.yaml says
+check "promtool check rules alerts.yaml" promtool check rules alerts.yaml
+check "promtool test rules alerts_test.yaml" promtool test rules alerts_test.yaml
+used=$(/usr/bin/python3 -c 'import sys, yaml
+for g in yaml.safe_load(open(sys.argv[1]))["groups"]:
+    for r in g["rules"]:
+        print(r["expr"])' alerts.yaml | grep -o '\bidem_[a-z_]*' | sort -u)
+unexported=$(comm -23 <(echo "$used") <(awk '{ print $1 }' "$tmp/metrics" | sort -u))
+check "alerts.yaml uses only exported metrics${unexported:+ (not: $unexported)}" test -z "$unexported"
+
+# 6. the figures are those of the calls above
 db=$(sql -c "SELECT current_database()")
-value() { awk -v m="$1{datname=\"$db\"}" '$1 == m { print $2 }' "$tmp/metrics"; }
+value() { awk -v m="$1" -v d="$db" '$1 == m && $2 == d { print $3 }' "$tmp/metrics"; }
 expect() {  # expect METRIC VALUE
     check "$1 = $2" test "$(value "$1")" = "$2"
 }
@@ -361,12 +214,12 @@ if [ "$sweeper_rows" = 1 ]; then
     check "idem_sweeper_status_last_start_age_seconds is recent" \
         awk -v v="$(value idem_sweeper_status_last_start_age_seconds)" 'BEGIN { exit !(v >= 0 && v < 120) }'
 else
-    echo "# no sweeper pass over this database yet: idem_sweeper_status checked for its columns only"
+    echo "# no sweeper pass over this database yet: no idem_sweeper_status metrics to check"
 fi
 # this database's rows only, whatever the other databases of the cluster did
 check "one idem_stats row, and no other database's rows" \
-    test "$(grep -c '^idem_stats_started{' "$tmp/metrics")" -eq 1 -a \
-         "$(grep -vc "{datname=\"$db\"}" "$tmp/metrics")" -eq 0
+    test "$(grep -c '^idem_stats_started ' "$tmp/metrics")" -eq 1 -a \
+         "$(awk -v d="$db" '$2 != d' "$tmp/metrics" | wc -l)" -eq 0
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
