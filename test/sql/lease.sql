@@ -147,6 +147,49 @@ SELECT count(*) AS left FROM idem_keys WHERE key = 'short-2';
 COMMIT;
 
 ------------------------------------------------------------------------
+-- two-phase commit: a prepared lease, recovery point or finish is an
+-- uncommitted write like any other; callers that wait, wait for COMMIT
+-- PREPARED (shown by lock_timeout), the others see in_progress, the
+-- sweeper passes it by, and ROLLBACK PREPARED leaves nothing of it
+------------------------------------------------------------------------
+BEGIN;
+SELECT status, token AS tp_token FROM idem_lease('tp-lease', '{"n": 1}', lease => '1 hour') \gset
+INSERT INTO lease_effects VALUES ('tp-lease', 'leased', 1);
+PREPARE TRANSACTION 'idem-tp-lease-1';
+SELECT gid FROM pg_prepared_xacts;
+SET lock_timeout = '100ms';
+SELECT try($$SELECT status FROM idem_lease('tp-lease', '{"n": 1}')$$);
+SELECT try($$SELECT status FROM idem_begin('tp-lease', '{"n": 1}'::jsonb)$$);
+SELECT try($$SELECT idem_once('tp-lease')::text$$);
+SELECT try(format($$SELECT idem_checkpoint('tp-lease', %L, 'p1')$$, :'tp_token'));
+SELECT status FROM idem_begin('tp-lease', '{"n": 1}'::jsonb, wait => false);
+SELECT status FROM idem_lookup('tp-lease');
+RESET lock_timeout;
+SELECT idem_sweep() AS swept;
+COMMIT PREPARED 'idem-tp-lease-1';
+SELECT status FROM idem_lease('tp-lease', '{"n": 1}');
+-- a recovery point prepared, then rolled back: the last committed one stands
+SELECT idem_checkpoint('tp-lease', :'tp_token', 'p1', '{"done": 1}') IS NOT NULL AS p1;
+BEGIN;
+SELECT idem_checkpoint('tp-lease', :'tp_token', 'p2', '{"done": 2}') IS NOT NULL AS p2;
+INSERT INTO lease_effects VALUES ('tp-lease', 'p2', 1);
+PREPARE TRANSACTION 'idem-tp-lease-2';
+SET lock_timeout = '100ms';
+SELECT try(format($$SELECT idem_checkpoint('tp-lease', %L, 'p3')$$, :'tp_token'));
+RESET lock_timeout;
+ROLLBACK PREPARED 'idem-tp-lease-2';
+SELECT phase, phase_state FROM idem_keys WHERE key = 'tp-lease';
+-- a finish prepared, then committed: replay
+BEGIN;
+SELECT idem_finish('tp-lease', 201, '{"id": 1}'::jsonb, token => :'tp_token');
+INSERT INTO lease_effects VALUES ('tp-lease', 'finished', 1);
+PREPARE TRANSACTION 'idem-tp-lease-3';
+SELECT status FROM idem_lookup('tp-lease');
+COMMIT PREPARED 'idem-tp-lease-3';
+SELECT status, response_code, response_body FROM idem_lease('tp-lease', '{"n": 1}');
+SELECT phase FROM lease_effects WHERE key = 'tp-lease' ORDER BY phase;
+
+------------------------------------------------------------------------
 -- tokens in the wrong place, and the token-less calls on a leased key
 ------------------------------------------------------------------------
 SELECT lease_token AS t5 FROM idem_keys WHERE key = 'left-leased' \gset
