@@ -342,8 +342,12 @@ SELECT keys_state() = :'s0' AS unchanged;
 
 ------------------------------------------------------------------------
 -- 100 MiB request and response bodies.  mib() is 1 MiB of deterministic
--- base64 text that pglz cannot compress (the worst case for storage).
+-- base64 text that pglz cannot compress (the worst case for storage);
+-- body() and body_bytea() are idem_test.body_mib of it, 100 unless set
+-- (test/valgrind.sh sets it lower: there the size only multiplies the time)
 ------------------------------------------------------------------------
+SELECT set_config('idem_test.body_mib',
+                  coalesce(current_setting('idem_test.body_mib', true), '100'), false) AS mb \gset
 CREATE FUNCTION mib() RETURNS text LANGUAGE sql AS $$
   SELECT translate(encode(string_agg(sha256(int4send(i)), ''::bytea ORDER BY i), 'base64'), E'\n', '')
   FROM generate_series(1, 24576) i
@@ -354,53 +358,59 @@ CREATE FUNCTION mib_bytea(n int) RETURNS bytea LANGUAGE sql AS $$
                           FROM generate_series(1, 32768) i)
   SELECT string_agg(m.b, ''::bytea) FROM m, generate_series(1, n)
 $$;
+CREATE FUNCTION body() RETURNS text LANGUAGE sql AS $$
+  SELECT repeat(mib(), current_setting('idem_test.body_mib')::int)
+$$;
+CREATE FUNCTION body_bytea() RETURNS bytea LANGUAGE sql AS $$
+  SELECT mib_bytea(current_setting('idem_test.body_mib')::int)
+$$;
 SELECT octet_length(mib()) AS mib, octet_length(mib_bytea(1)) AS mib_bytea,
        position('\x00'::bytea in mib_bytea(1)) > 0 AS has_zero_bytes;
 
 -- jsonb request: key order and numeric scale do not matter, one byte does
 BEGIN;
-SELECT status FROM idem_begin('big-jsonb', jsonb_build_object('n', 1, 'blob', repeat(mib(), 100)));
+SELECT status FROM idem_begin('big-jsonb', jsonb_build_object('n', 1, 'blob', body()));
 SELECT idem_finish('big-jsonb', 201, '{"ok": 1}');
 COMMIT;
 SELECT status, response_code, response_body
-FROM idem_begin('big-jsonb', jsonb_build_object('blob', repeat(mib(), 100), 'n', 1.000));
+FROM idem_begin('big-jsonb', jsonb_build_object('blob', body(), 'n', 1.000));
 SELECT status, response_code, response_body
-FROM idem_begin('big-jsonb', jsonb_build_object('n', 1, 'blob', repeat(mib(), 99) || left(mib(), -1) || '!'));
+FROM idem_begin('big-jsonb', jsonb_build_object('n', 1, 'blob', left(body(), -1) || '!'));
 -- text request: the exact 100 MiB
 BEGIN;
-SELECT status FROM idem_begin('big-text', repeat(mib(), 100));
+SELECT status FROM idem_begin('big-text', body());
 SELECT idem_finish('big-text', 201, '{"ok": 2}');
 COMMIT;
-SELECT status, response_body FROM idem_begin('big-text', repeat(mib(), 100));
-SELECT status, response_body FROM idem_begin('big-text', repeat(mib(), 100) || ' ');
+SELECT status, response_body FROM idem_begin('big-text', body());
+SELECT status, response_body FROM idem_begin('big-text', body() || ' ');
 -- bytea request
 BEGIN;
-SELECT status FROM idem_begin('big-bytea', mib_bytea(100));
+SELECT status FROM idem_begin('big-bytea', body_bytea());
 SELECT idem_finish('big-bytea', 201, '{"ok": 3}');
 COMMIT;
-SELECT status, response_body FROM idem_begin('big-bytea', mib_bytea(100));
-SELECT status, response_body FROM idem_begin('big-bytea', mib_bytea(100) || '\x00'::bytea);
+SELECT status, response_body FROM idem_begin('big-bytea', body_bytea());
+SELECT status, response_body FROM idem_begin('big-bytea', body_bytea() || '\x00'::bytea);
 -- a 100 MiB jsonb response: stored, replayed and looked up intact (compared
 -- by fingerprint, which reads the body without another 100 MiB copy)
 BEGIN;
 SELECT status FROM idem_begin('big-response', '{"small": true}'::jsonb);
 SELECT idem_fingerprint(r.body) AS big_fp
-FROM (SELECT jsonb_build_object('blob', repeat(mib(), 100)) AS body OFFSET 0) r,
+FROM (SELECT jsonb_build_object('blob', body()) AS body OFFSET 0) r,
      idem_finish('big-response', 200, r.body) \gset
 COMMIT;
-SELECT status, response_code, pg_column_size(response_body) AS body_bytes,
+SELECT status, response_code, pg_column_size(response_body) - :mb * 1048576 AS jsonb_overhead_bytes,
        idem_fingerprint(response_body) = :'big_fp' AS body_intact
 FROM idem_begin('big-response', '{"small": true}'::jsonb);
-SELECT status, response_code, pg_column_size(response_body) AS body_bytes,
+SELECT status, response_code, pg_column_size(response_body) - :mb * 1048576 AS jsonb_overhead_bytes,
        idem_fingerprint(response_body) = :'big_fp' AS body_intact
 FROM idem_lookup('big-response');
-SELECT count(*) AS rows, sum(pg_column_size(response_body)) > 100 * 1024 * 1024 AS stored_in_full
+SELECT count(*) AS rows, sum(pg_column_size(response_body)) > :mb * 1024 * 1024 AS stored_in_full
 FROM idem_keys WHERE key = 'big-response';
 SELECT keys_state() AS s1 \gset
 -- bad arguments next to a 100 MiB body change nothing
-SELECT try($$SELECT status FROM idem_begin(NULL, jsonb_build_object('blob', repeat(mib(), 100)))$$);
-SELECT try($$SELECT status FROM idem_begin('big-new', repeat(mib(), 100), ttl => '0')$$);
-SELECT try($$SELECT idem_finish('big-new', 99, jsonb_build_object('blob', repeat(mib(), 100)))$$);
+SELECT try($$SELECT status FROM idem_begin(NULL, jsonb_build_object('blob', body()))$$);
+SELECT try($$SELECT status FROM idem_begin('big-new', body(), ttl => '0')$$);
+SELECT try($$SELECT idem_finish('big-new', 99, jsonb_build_object('blob', body()))$$);
 SELECT keys_state() = :'s1' AS unchanged;
 -- a statement cancelled in the middle of finishing with a 100 MiB body
 -- leaves the key begun and writes nothing (QUERY_CANCELED is not caught
@@ -409,7 +419,7 @@ BEGIN;
 SELECT status FROM idem_begin('big-cancel');
 SAVEPOINT s;
 SET LOCAL statement_timeout = '10ms';
-SELECT idem_finish('big-cancel', 200, jsonb_build_object('blob', repeat(mib(), 100)));
+SELECT idem_finish('big-cancel', 200, jsonb_build_object('blob', body()));
 ROLLBACK TO s;
 SELECT status, created_at = now() AS begun_now FROM idem_lookup('big-cancel');
 SELECT count(*) AS key_locks FROM pg_locks
@@ -614,6 +624,8 @@ DROP FUNCTION code(text);
 DROP FUNCTION esc(text);
 DROP FUNCTION cps(text);
 DROP FUNCTION keys_state();
+DROP FUNCTION body();
+DROP FUNCTION body_bytea();
 DROP FUNCTION mib();
 DROP FUNCTION mib_bytea(int);
 DROP FUNCTION deep(int, text, text);
