@@ -83,7 +83,8 @@ sweeper_rows=$(row)
 
 # 4. postgres_exporter (Debian's prometheus-postgres-exporter) with
 # queries.yaml, connected as the monitoring role; one scrape of its /metrics
-exporter=$(command -v prometheus-postgres-exporter || command -v postgres_exporter)
+exporter=$(command -v prometheus-postgres-exporter || command -v postgres_exporter) ||
+    { echo "FAILED - no postgres_exporter installed (test/setup.sh installs it)"; exit 1; }
 listen=127.0.0.1:${EXPORTER_PORT:-19187}
 DATA_SOURCE_NAME="host=$PGHOST port=$PGPORT user=$role dbname=$PGDATABASE sslmode=disable" \
     "$exporter" --extend.query-path=queries.yaml --web.listen-address="$listen" \
@@ -98,10 +99,10 @@ curl -sf "http://$listen/metrics" >"$tmp/scrape" || echo "# no answer from the e
 kill "$exporter_pid" 2>/dev/null || true
 wait "$exporter_pid" 2>/dev/null || true
 exporter_pid=
-if ! check "the exporter answered and logged no error" \
-        test -s "$tmp/scrape" -a "$(grep -c 'level=error' "$tmp/exporter.log")" -eq 0; then
-    cat "$tmp/exporter.log"
-fi
+exporter_ok=true
+[ -s "$tmp/scrape" ] && ! grep -q 'level=error' "$tmp/exporter.log" || exporter_ok=false
+check "the exporter answered and logged no error" $exporter_ok
+$exporter_ok || cat "$tmp/exporter.log"
 
 # what it exported: every column of queries.yaml's metrics lists, with the
 # type the list gives, and nothing else
