@@ -19,7 +19,7 @@ ALTER TABLE @extschema@.idem_keys
 -- Only leased keys, so it stays as small as the work in flight: it answers
 -- "how many leases, how many ran out" (idem_storage) without a table scan.
 CREATE INDEX idem_keys_leases ON @extschema@.idem_keys
-    USING btree (lease_expires_at) WHERE state = 'p';
+    USING btree (lease_expires_at) WHERE state OPERATOR(pg_catalog.=) 'p';
 
 CREATE FUNCTION @extschema@.idem_lease(
     key pg_catalog.text,
@@ -72,21 +72,28 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'idem_release'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
+-- The pairs are named by their exact signatures, which in this schema only
+-- the extension's own functions can have.  A GRANT run by an extension
+-- script is recorded in pg_init_privs as the extension's initial privilege,
+-- which pg_dump leaves out, so a restore (CREATE EXTENSION at 0.2.0) would
+-- give the functions PUBLIC's EXECUTE again; the copied privileges are the
+-- installation's own, so that record is removed, as it would be missing
+-- after a fresh install that the administrator then granted on.
 DO LANGUAGE plpgsql $copy_acl$
 DECLARE
     f record;
     g record;
 BEGIN
     FOR f IN
-        SELECT o.oid AS old_fn, n.oid::pg_catalog.regprocedure AS new_fn
-          FROM pg_catalog.pg_proc o
-          JOIN pg_catalog.pg_proc n
-            ON n.proname OPERATOR(pg_catalog.=) o.proname
-           AND n.pronamespace OPERATOR(pg_catalog.=) o.pronamespace
-           AND n.pronargs OPERATOR(pg_catalog.=) (o.pronargs OPERATOR(pg_catalog.+) 1)
-         WHERE o.pronamespace OPERATOR(pg_catalog.=) '@extschema@'::pg_catalog.regnamespace
-           AND o.proname IN ('idem_finish', 'idem_release')
-           AND o.proacl IS NOT NULL
+        SELECT pair.old_fn, pair.new_fn
+          FROM (VALUES
+                ('@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text)'::pg_catalog.regprocedure,
+                 '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid)'::pg_catalog.regprocedure),
+                ('@extschema@.idem_release(pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure,
+                 '@extschema@.idem_release(pg_catalog.text, pg_catalog.text, pg_catalog.uuid)'::pg_catalog.regprocedure)
+               ) AS pair(old_fn, new_fn)
+          JOIN pg_catalog.pg_proc o ON o.oid OPERATOR(pg_catalog.=) pair.old_fn
+         WHERE o.proacl IS NOT NULL
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.new_fn);
         FOR g IN
@@ -99,6 +106,10 @@ BEGIN
                      ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
                 CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
         END LOOP;
+        DELETE FROM pg_catalog.pg_init_privs
+         WHERE objoid OPERATOR(pg_catalog.=) f.new_fn
+           AND classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND objsubid OPERATOR(pg_catalog.=) 0;
     END LOOP;
 END
 $copy_acl$;
@@ -153,10 +164,10 @@ CREATE VIEW @extschema@.idem_storage AS
     WITH counted AS (
         SELECT
             (SELECT pg_catalog.count(*) FROM @extschema@.idem_keys k
-              WHERE k.state = 'p' AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+              WHERE k.state OPERATOR(pg_catalog.=) 'p' AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
                 AS leased_keys,
             (SELECT pg_catalog.count(*) FROM @extschema@.idem_keys k
-              WHERE k.state = 'p' AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
+              WHERE k.state OPERATOR(pg_catalog.=) 'p' AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
                 AND k.lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.now())
                 AS leases_expired,
             (SELECT pg_catalog.count(*) FROM

@@ -128,6 +128,10 @@ SELECT string_agg(d, E'\n' ORDER BY d) FROM (
     UNION ALL
     SELECT format('config %s %s', extconfig::regclass[], extcondition)
     FROM pg_extension WHERE extname = 'idempotency'
+    UNION ALL
+    SELECT format('initial privileges of %s: %s', pg_describe_object(ip.classoid, ip.objoid, ip.objsubid),
+                  ip.initprivs)
+    FROM pg_init_privs ip JOIN m ON m.classid = ip.classoid AND m.objid = ip.objoid
 ) s(d)};
 
 # Compare two catalog descriptions; on a difference, show only the lines
@@ -247,38 +251,84 @@ WHERE r.kind <> 'once'
 }
 # 0.2.0 replaces idem_finish and idem_release (a trailing token): the new
 # functions must keep the privileges the old ones had, so an installation
-# that locked them down stays locked down.
+# that locked them down stays locked down, also through pg_dump and a
+# restore; and only the extension's own functions count.
 if (grep { $_ eq '0.1.0' } @base)
 {
+	my $privileges = q{
+SELECT string_agg(format('%s public=%s payments=%s', p.oid::regprocedure,
+                         has_function_privilege('public', p.oid, 'EXECUTE'),
+                         has_function_privilege('regress_idem_payments', p.oid, 'EXECUTE')),
+                  ' / ' ORDER BY p.proname)
+FROM pg_proc p WHERE p.proname IN ('idem_finish', 'idem_release')
+  AND EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                        AND d.deptype = 'e')};
+	my $locked_down = 'idem_finish(text,integer,jsonb,text,uuid) public=f payments=t / '
+	  . 'idem_release(text,text,uuid) public=f payments=t';
+	$node->safe_psql('postgres', 'CREATE ROLE regress_idem_payments');
+
 	subtest 'update to 0.2.0 keeps the privileges of idem_finish and idem_release' => sub {
 		my $db = 'acl_0_1_0';
 		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
 		$node->safe_psql(
 			$db, q{
 CREATE EXTENSION idempotency VERSION '0.1.0';
-CREATE ROLE regress_idem_payments;
 REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) TO regress_idem_payments;
 SET client_min_messages = warning;
 ALTER EXTENSION idempotency UPDATE TO '0.2.0';});
+		is($node->safe_psql($db, $privileges), $locked_down,
+			'the new signatures carry the old grants, and only they exist');
 		is( $node->safe_psql(
 				$db, q{
-SELECT string_agg(format('%s public=%s payments=%s', p.oid::regprocedure,
-                         has_function_privilege('public', p.oid, 'EXECUTE'),
-                         has_function_privilege('regress_idem_payments', p.oid, 'EXECUTE')),
-                  ' / ' ORDER BY p.proname)
-FROM pg_proc p WHERE p.proname IN ('idem_finish', 'idem_release')}),
-			'idem_finish(text,integer,jsonb,text,uuid) public=f payments=t / '
-			  . 'idem_release(text,text,uuid) public=f payments=t',
-			'the new signatures carry the old grants, and only they exist');
+SELECT count(*) FROM pg_init_privs
+WHERE objoid IN ('idem_finish(text,int,jsonb,text,uuid)'::regprocedure,
+                 'idem_release(text,text,uuid)'::regprocedure)}),
+			'0', 'the copied grants are not recorded as the extension\'s initial privileges');
 		is( $node->safe_psql(
 				$db, q{
 BEGIN;
 SELECT status FROM idem_lease('after-update');
 ROLLBACK;}),
 			'started', 'leases work after the update');
-		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP ROLE regress_idem_payments;});
+
+		# a restore creates the extension at 0.2.0 and replays the grants
+		my $dump = $node->basedir . '/acl_0_1_0.sql';
+		$node->command_ok([ 'pg_dump', '-Fp', '-d', $db, '-f', $dump ], 'pg_dump');
+		$node->safe_psql('postgres', 'CREATE DATABASE acl_restored');
+		$node->command_ok(
+			[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'acl_restored', '-f', $dump ],
+			'restore');
+		is($node->safe_psql('acl_restored', $privileges), $locked_down,
+			'after pg_dump and a restore the functions are still locked down');
+		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP DATABASE acl_restored});
 	};
+
+	subtest 'functions of the same names that are not the extension\'s lend it no privileges' => sub {
+		my $db = 'acl_decoy';
+		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
+		$node->safe_psql(
+			$db, q{
+CREATE EXTENSION idempotency VERSION '0.1.0';
+CREATE ROLE regress_idem_decoy;
+GRANT CREATE ON SCHEMA public TO regress_idem_decoy;
+SET ROLE regress_idem_decoy;
+CREATE FUNCTION public.idem_finish(text, text, text, text) RETURNS void LANGUAGE sql AS '';
+CREATE FUNCTION public.idem_finish(text, int, jsonb, text, text) RETURNS void LANGUAGE sql AS '';
+CREATE FUNCTION public.idem_release(text, text, text) RETURNS void LANGUAGE sql AS '';
+REVOKE ALL ON FUNCTION public.idem_finish(text, text, text, text),
+                       public.idem_finish(text, int, jsonb, text, text),
+                       public.idem_release(text, text, text) FROM PUBLIC;
+RESET ROLE;
+SET client_min_messages = warning;
+ALTER EXTENSION idempotency UPDATE TO '0.2.0';});
+		is( $node->safe_psql($db, $privileges),
+			'idem_finish(text,integer,jsonb,text,uuid) public=t payments=t / '
+			  . 'idem_release(text,text,uuid) public=t payments=t',
+			'the extension\'s new functions keep the default privileges');
+		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP ROLE regress_idem_decoy});
+	};
+	$node->safe_psql('postgres', 'DROP ROLE regress_idem_payments');
 }
 
 cmp_ok($tested, '>', 0, 'at least one version tested');
