@@ -408,7 +408,7 @@ IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
 		if (probe == IDEM_PROBE_BUSY)
 			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
 		else if (rec.expires_at <= now)
-			(void) IdemStoreDelete(store, &rec.tid);
+			(void) IdemStoreDelete(store, &rec.tid, true);
 		else
 			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
 				 IdemKeyName(key));

@@ -395,7 +395,7 @@ IdemLeaseRelease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token)
 	(void) IdemKeyLock(key, true);
 	do
 		RequireLease(store, key, token, "release", now, &rec);
-	while (!IdemStoreDelete(store, &rec.tid));
+	while (!IdemStoreDelete(store, &rec.tid, true));
 	CommandCounterIncrement();
 	IdemKeyUnlock(key);
 }

@@ -407,11 +407,14 @@ IdemStoreInsert(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 }
 
 /*
- * Replace the record at rec->tid with rec, without waiting on any other
- * transaction.  Returns false when another transaction has changed or is
- * deleting the row (only a sweep can: callers hold the key's lock); the
- * caller probes again.  A HOT update needs no new index entries; the lease
- * updates change an indexed column and are never HOT.
+ * Replace the record at rec->tid with rec.  Callers hold the key's lock, so
+ * no other call of ours can be changing the row; a transaction that locks
+ * it (SELECT ... FOR SHARE, a foreign key) or a sweep deleting it is waited
+ * for, as an UPDATE would, under lock_timeout and the deadlock detector (a
+ * lock of our own transaction is no obstacle).  Returns false when the row
+ * was changed or deleted meanwhile (a sweep); the caller probes again.  A
+ * HOT update needs no new index entries; the lease updates change an
+ * indexed column and are never HOT.
  */
 bool
 IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
@@ -426,7 +429,7 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 
 	tuple = FormRecordTuple(store, key, rec);
 	result = heap_update(store->heap, &otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, false, &tmfd, &lockmode);
+						 InvalidSnapshot, true, &tmfd, &lockmode);
 	switch (result)
 	{
 		case TM_Ok:
@@ -434,7 +437,6 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 		case TM_SelfModified:
 		case TM_Updated:
 		case TM_Deleted:
-		case TM_BeingModified:
 			heap_freetuple(tuple);
 			return false;
 		default:
@@ -448,19 +450,21 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 }
 
 /*
- * Delete one record without waiting on any other transaction.  Returns false
- * when another transaction has deleted or is deleting the row; the caller
- * probes again (a begin) or skips it (the sweeper).
+ * Delete one record.  With wait (callers that hold the key's lock), a
+ * transaction that locks or is deleting the row is waited for, as for
+ * IdemStoreUpdate; without it (the sweeper, which never waits), such a row
+ * is left alone.  Returns false when the row was not deleted: the caller
+ * probes again, or skips it.
  */
 bool
-IdemStoreDelete(IdemStore *store, ItemPointer tid)
+IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait)
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
 
 	result = table_tuple_delete(store->heap, tid, GetCurrentCommandId(true),
 								InvalidSnapshot, InvalidSnapshot,
-								false, &tmfd, false);
+								wait, &tmfd, false);
 	switch (result)
 	{
 		case TM_Ok:
@@ -535,7 +539,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (!KeyHeldByOthers(store->slot) &&
-			IdemStoreDelete(store, &store->slot->tts_tid))
+			IdemStoreDelete(store, &store->slot->tts_tid, false))
 			deleted++;
 		if (resume_from != NULL)
 		{

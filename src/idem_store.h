@@ -108,7 +108,7 @@ extern void IdemStoreInsert(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
 extern bool IdemStoreUpdate(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
-extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid);
+extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
 							TimestampTz now, TimestampTz *resume_from);
 

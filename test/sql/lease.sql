@@ -190,6 +190,56 @@ SELECT status, response_code, response_body FROM idem_lease('tp-lease', '{"n": 1
 SELECT phase FROM lease_effects WHERE key = 'tp-lease' ORDER BY phase;
 
 ------------------------------------------------------------------------
+-- row locks on idem_keys (SELECT ... FOR SHARE, a foreign key): the
+-- caller's own are no obstacle; another transaction's is waited for, as an
+-- UPDATE would, under lock_timeout (a statement timeout turns a busy loop
+-- into an error here)
+------------------------------------------------------------------------
+SET statement_timeout = '5s';
+SELECT token AS rl_token FROM idem_lease('row-locked', lease => '1 hour') \gset
+BEGIN;
+SELECT key AS locked FROM idem_keys WHERE key = 'row-locked' FOR SHARE;
+SELECT idem_checkpoint('row-locked', :'rl_token', 'p1') IS NOT NULL AS p1;
+SELECT idem_finish('row-locked', 200, token => :'rl_token');
+COMMIT;
+SELECT status FROM idem_lookup('row-locked');
+-- a takeover, a release and the removal of an expired record, each after
+-- the caller locked the row
+SELECT token AS rl_token FROM idem_lease('row-locked-2', lease => '1 hour') \gset
+UPDATE idem_keys SET lease_expires_at = now() - interval '1 second' WHERE key = 'row-locked-2';
+BEGIN;
+SELECT key AS locked FROM idem_keys WHERE key = 'row-locked-2' FOR KEY SHARE;
+SELECT status, attempts FROM idem_lease('row-locked-2') \gset rl_
+SELECT :'rl_status' AS status, :'rl_attempts' AS attempts;
+COMMIT;
+SELECT lease_token AS rl_token FROM idem_keys WHERE key = 'row-locked-2' \gset
+BEGIN;
+SELECT key AS locked FROM idem_keys WHERE key = 'row-locked-2' FOR UPDATE;
+SELECT idem_release('row-locked-2', token => :'rl_token');
+COMMIT;
+SELECT status FROM idem_lookup('row-locked-2');
+INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'row-locked-3', NULL, NULL);
+BEGIN;
+SELECT key AS locked FROM idem_keys WHERE key = 'row-locked-3' FOR SHARE;
+SELECT idem_once('row-locked-3') AS once;
+COMMIT;
+-- another transaction's row lock (a prepared one, so that this session
+-- can go on) is waited for
+SELECT token AS rl_token FROM idem_lease('row-locked-4', lease => '1 hour') \gset
+BEGIN;
+SELECT key AS locked FROM idem_keys WHERE key = 'row-locked-4' FOR SHARE;
+PREPARE TRANSACTION 'idem-row-lock';
+SET lock_timeout = '100ms';
+SELECT try(format($$SELECT idem_checkpoint('row-locked-4', %L, 'p1')$$, :'rl_token'));
+SELECT try(format($$SELECT idem_release('row-locked-4', token => %L)$$, :'rl_token'));
+RESET lock_timeout;
+COMMIT PREPARED 'idem-row-lock';
+SELECT idem_checkpoint('row-locked-4', :'rl_token', 'p1') IS NOT NULL AS p1;
+SELECT idem_release('row-locked-4', token => :'rl_token');
+RESET statement_timeout;
+
+------------------------------------------------------------------------
 -- tokens in the wrong place, and the token-less calls on a leased key
 ------------------------------------------------------------------------
 SELECT lease_token AS t5 FROM idem_keys WHERE key = 'left-leased' \gset
