@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -51,6 +52,14 @@ typedef struct IdemStatsShared
 
 static IdemStatsShared *stats_shared = NULL;
 static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
+
+/*
+ * When every slot belongs to a live database, this backend's database is
+ * not counted; looking for a slot again (256 catalog lookups) is left until
+ * this time, so that an uncounted database does not pay for it on every call.
+ */
+#define STATS_SLOT_RETRY_MS	10000
+static TimestampTz no_slot_retry_at = 0;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -178,9 +187,16 @@ IdemStatsAdd(IdemStatKind kind, uint64 n)
 		return;
 	if (my_db_stats == NULL)
 	{
+		TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+		if (now < no_slot_retry_at)
+			return;
 		my_db_stats = FindMySlot();
 		if (my_db_stats == NULL)
+		{
+			no_slot_retry_at = TimestampTzPlusMilliseconds(now, STATS_SLOT_RETRY_MS);
 			return;
+		}
 	}
 	pg_atomic_fetch_add_u64(&my_db_stats->counters[kind], n);
 }
@@ -244,7 +260,15 @@ idem_stats_reset(PG_FUNCTION_ARGS)
 				 errhint("Add idempotency to shared_preload_libraries and restart the server.")));
 	slot = my_db_stats ? my_db_stats : FindMySlot();
 	if (slot == NULL)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("idempotency statistics are not collected for database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errdetail("All %d slots for per-database counters belong to other databases.",
+						   STATS_MAX_DATABASES)));
 		PG_RETURN_VOID();
+	}
 	my_db_stats = slot;
 	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
 	ClearSlot(slot);
