@@ -147,6 +147,23 @@ MakeLeaseResult(IdemCallCache *cache, const LeaseResult *res)
 }
 
 /*
+ * The lease duration is stored and added again at every renewal, at later
+ * dates: an interval with a negative part, such as '1 month -29 days'
+ * (positive from November, not from February), could then land before now.
+ */
+static void
+RequireNoNegativePart(const Interval *lease)
+{
+	if (lease->month < 0 || lease->day < 0 || lease->time < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must not have a negative part"),
+				 errdetail("The lease given was %s; it is added again at every renewal, where a negative part could bring it before now.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(lease))))));
+}
+
+/*
  * idem_lease(key text, request jsonb, scope text, ttl interval,
  *			  lease interval)
  *
@@ -174,6 +191,7 @@ idem_lease(PG_FUNCTION_ARGS)
 	expires_at = IdemGetExpiry(fcinfo, 3, "ttl", now);
 	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
 	lease = PG_GETARG_INTERVAL_P(4);
+	RequireNoNegativePart(lease);
 	IdemCheckNotOpen(&key, "lease");
 	fp.isnull = PG_ARGISNULL(1);
 	if (!fp.isnull)
@@ -266,16 +284,24 @@ RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 	if (ProbeSettled(store, key, now, rec, &stale) &&
 		rec->state == IDEM_STATE_LEASED)
 	{
-		IdemCheckRecordVisible(rec, key);
+		/*
+		 * The token first: a stale one is refused (55000) whatever the
+		 * caller's snapshot sees, rather than with a serialization failure
+		 * that its retry logic would run the phase again for.  Neither the
+		 * holder's token nor its attempt count goes into the message: the
+		 * caller may be anyone.
+		 */
 		if (TokensEqual(&rec->lease_token, token))
+		{
+			IdemCheckRecordVisible(rec, key);
 			return;
+		}
 		IdemStatsAdd(IDEM_STAT_STALE_TOKENS, 1);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s idempotency key %s because its lease is held by another token",
 						verb, IdemKeyName(key)),
-				 errdetail("The key is on attempt %d, under another token: a token stops applying when its lease runs out and idem_lease() takes the key over.",
-						   rec->attempts),
+				 errdetail("A token stops applying when its lease runs out and idem_lease() takes the key over."),
 				 errhint("Stop working on this key: its new holder resumes from the last checkpoint.")));
 	}
 
@@ -344,9 +370,9 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		RequireLease(&store, &key, token, "checkpoint", now, &rec);
 		rec.phase = phase;
 		rec.phase_state = state;
-		rec.lease_expires_at =
-			IdemAddInterval(now, PG_ARGISNULL(5) ? &rec.lease_duration :
-							PG_GETARG_INTERVAL_P(5), "extend");
+		rec.lease_expires_at = PG_ARGISNULL(5) ?
+			IdemAddInterval(now, &rec.lease_duration, "lease") :
+			IdemAddInterval(now, PG_GETARG_INTERVAL_P(5), "extend");
 	} while (!IdemStoreUpdate(&store, &key, &rec));
 	CommandCounterIncrement();
 	IdemKeyUnlock(&key);

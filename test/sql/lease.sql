@@ -269,6 +269,7 @@ SELECT try($$SELECT status FROM idem_lease('k', ttl => '0')$$);
 SELECT try($$SELECT status FROM idem_lease('k', lease => NULL)$$);
 SELECT try($$SELECT status FROM idem_lease('k', lease => '-1 second')$$);
 SELECT try($$SELECT status FROM idem_lease('k', lease => '0')$$);
+SELECT try($$SELECT status FROM idem_lease('k', lease => '1 month -29 days')$$);
 SELECT try(format($$SELECT idem_checkpoint(NULL, %L, 'p')$$, :'t5'));
 SELECT try($$SELECT idem_checkpoint('left-leased', NULL, 'p')$$);
 SELECT try(format($$SELECT idem_checkpoint('left-leased', %L, NULL)$$, :'t5'));
