@@ -267,16 +267,23 @@ FROM pg_proc p WHERE p.proname IN ('idem_finish', 'idem_release')
 	  . 'idem_release(text,text,uuid) public=f payments=t';
 	$node->safe_psql('postgres', 'CREATE ROLE regress_idem_payments');
 
+	# a new database with the extension at 0.1.0, $before run there, then
+	# updated to 0.2.0
+	my $updated_db = sub {
+		my ($db, $before) = @_;
+		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
+		$node->safe_psql($db,
+			"CREATE EXTENSION idempotency VERSION '0.1.0';\n$before\n"
+			  . "SET client_min_messages = warning;\n"
+			  . "ALTER EXTENSION idempotency UPDATE TO '0.2.0';");
+	};
+
 	subtest 'update to 0.2.0 keeps the privileges of idem_finish and idem_release' => sub {
 		my $db = 'acl_0_1_0';
-		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
-		$node->safe_psql(
+		$updated_db->(
 			$db, q{
-CREATE EXTENSION idempotency VERSION '0.1.0';
 REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) TO regress_idem_payments;
-SET client_min_messages = warning;
-ALTER EXTENSION idempotency UPDATE TO '0.2.0';});
+GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text), idem_release(text, text) TO regress_idem_payments;});
 		is($node->safe_psql($db, $privileges), $locked_down,
 			'the new signatures carry the old grants, and only they exist');
 		is( $node->safe_psql(
@@ -306,10 +313,8 @@ ROLLBACK;}),
 
 	subtest 'functions of the same names that are not the extension\'s lend it no privileges' => sub {
 		my $db = 'acl_decoy';
-		$node->safe_psql('postgres', qq{CREATE DATABASE "$db"});
-		$node->safe_psql(
+		$updated_db->(
 			$db, q{
-CREATE EXTENSION idempotency VERSION '0.1.0';
 CREATE ROLE regress_idem_decoy;
 GRANT CREATE ON SCHEMA public TO regress_idem_decoy;
 SET ROLE regress_idem_decoy;
@@ -319,9 +324,7 @@ CREATE FUNCTION public.idem_release(text, text, text) RETURNS void LANGUAGE sql 
 REVOKE ALL ON FUNCTION public.idem_finish(text, text, text, text),
                        public.idem_finish(text, int, jsonb, text, text),
                        public.idem_release(text, text, text) FROM PUBLIC;
-RESET ROLE;
-SET client_min_messages = warning;
-ALTER EXTENSION idempotency UPDATE TO '0.2.0';});
+RESET ROLE;});
 		is( $node->safe_psql($db, $privileges),
 			'idem_finish(text,integer,jsonb,text,uuid) public=t payments=t / '
 			  . 'idem_release(text,text,uuid) public=t payments=t',
