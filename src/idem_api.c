@@ -317,10 +317,15 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
  * a sweeper is deleting, counts as none, and *stale then says the caller
  * must clear it before inserting (IdemClearExpiredRecord).  With the key's
  * lock held, nobody else can change the record after the wait.
+ *
+ * A caller that holds the key's lock (key_locked) lets it go while it waits
+ * and takes it again before probing again: the transaction waited for may
+ * need the lock for its next call on the key (a lease holder that
+ * checkpoints, then finishes), and would otherwise deadlock with us.
  */
 IdemProbeResult
 IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
-				 bool wait, IdemRecord *rec, bool *stale)
+				 bool wait, bool key_locked, IdemRecord *rec, bool *stale)
 {
 	for (;;)
 	{
@@ -337,8 +342,12 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 			/* finished by a transaction still running */
 			if (!wait)
 				return IDEM_PROBE_BUSY;
+			if (key_locked)
+				IdemKeyUnlock(key);
 			XactLockTableWait(xwait, store->heap, &rec->tid,
 							  XLTW_InsertIndexUnique);
+			if (key_locked)
+				(void) IdemKeyLock(key, true);
 			continue;
 		}
 		*stale = false;
@@ -365,7 +374,7 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 	if (!IdemKeyLock(key, wait))
 		return false;
 
-	switch (IdemProbeSettled(store, key, now, wait, rec, stale))
+	switch (IdemProbeSettled(store, key, now, wait, true, rec, stale))
 	{
 		case IDEM_PROBE_BUSY:
 			IdemKeyUnlock(key);

@@ -36,7 +36,8 @@ extern void IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key);
 extern void IdemCheckNotOpen(const IdemKey *key, const char *verb);
 extern IdemProbeResult IdemProbeSettled(IdemStore *store, const IdemKey *key,
 										TimestampTz now, bool wait,
-										IdemRecord *rec, bool *stale);
+										bool key_locked, IdemRecord *rec,
+										bool *stale);
 extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
 								   TimestampTz now);
 extern const char *IdemDescribeKeyState(IdemStore *store, const IdemKey *key,

@@ -82,12 +82,16 @@ TokensEqual(const pg_uuid_t *a, const pg_uuid_t *b)
 	return memcmp(a->data, b->data, UUID_LEN) == 0;
 }
 
-/* Probe the key, waiting out its writers: does it have a live record? */
+/*
+ * Probe the key, waiting out its writers (without the key's lock, if
+ * key_locked: see IdemProbeSettled): does it have a live record?
+ */
 static bool
 ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
-			 IdemRecord *rec, bool *stale)
+			 bool key_locked, IdemRecord *rec, bool *stale)
 {
-	return IdemProbeSettled(store, key, now, true, rec, stale) == IDEM_PROBE_FOUND;
+	return IdemProbeSettled(store, key, now, true, key_locked, rec, stale) ==
+		IDEM_PROBE_FOUND;
 }
 
 /*
@@ -203,7 +207,7 @@ idem_lease(PG_FUNCTION_ARGS)
 	IdemStoreRequireLeases(&store);
 
 	/* a retry of a finished or running lease is answered without a lock */
-	if (ProbeSettled(&store, &key, now, &rec, &stale))
+	if (ProbeSettled(&store, &key, now, false, &rec, &stale))
 	{
 		IdemCheckRecordVisible(&rec, &key);
 		if (DecideLive(&rec, &fp, now, &res))
@@ -214,7 +218,7 @@ idem_lease(PG_FUNCTION_ARGS)
 	(void) IdemKeyLock(&key, true);
 	for (;;)
 	{
-		if (!ProbeSettled(&store, &key, now, &rec, &stale))
+		if (!ProbeSettled(&store, &key, now, true, &rec, &stale))
 		{
 			if (stale)
 				IdemClearExpiredRecord(&store, &key, now);
@@ -281,7 +285,7 @@ RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 	bool		stale;
 	const char *state;
 
-	if (ProbeSettled(store, key, now, rec, &stale) &&
+	if (ProbeSettled(store, key, now, true, rec, &stale) &&
 		rec->state == IDEM_STATE_LEASED)
 	{
 		/*
