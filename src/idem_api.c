@@ -231,8 +231,10 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	res->expires_at = rec->expires_at;
 	if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
+		/* only the status, as for a key held by another transaction */
 		res->status = "in_progress";
 		res->code_isnull = true;
+		res->times_isnull = true;
 	}
 	else if (IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{

@@ -229,7 +229,8 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.expires_at = expires_at;
 			rec.code_isnull = true;
 			NewToken(&rec.lease_token);
-			rec.lease_expires_at = lease_until;
+			/* a lease never runs past the key's ttl */
+			rec.lease_expires_at = Min(lease_until, expires_at);
 			rec.lease_duration = *lease;
 			rec.attempts = 1;
 			IdemStoreInsert(&store, &key, &rec);
@@ -244,7 +245,7 @@ idem_lease(PG_FUNCTION_ARGS)
 
 		/* the lease ran out: take the key over from its recovery point */
 		NewToken(&rec.lease_token);
-		rec.lease_expires_at = lease_until;
+		rec.lease_expires_at = Min(lease_until, rec.expires_at);
 		rec.lease_duration = *lease;
 		rec.attempts++;
 		if (!IdemStoreUpdate(&store, &key, &rec))
@@ -329,7 +330,8 @@ RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
  *
  * Record a recovery point in the caller's transaction, to commit with the
  * phase's own writes, and renew the lease: by extend, or by the lease's
- * length.  Returns when the lease now runs out.
+ * length, but never past the key's ttl (when that passes the key is absent
+ * and its recovery point gone).  Returns when the lease now runs out.
  */
 Datum
 idem_checkpoint(PG_FUNCTION_ARGS)
@@ -343,6 +345,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	Datum		state = (Datum) 0;
 	IdemStore	store;
 	IdemRecord	rec;
+	TimestampTz renewed_until;
 
 	IdemGetKeyArgs(fcinfo, 0, 4, &key);
 	IdemRequireArg(fcinfo, 1, "lease token");
@@ -374,9 +377,10 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		RequireLease(&store, &key, token, "checkpoint", now, &rec);
 		rec.phase = phase;
 		rec.phase_state = state;
-		rec.lease_expires_at = PG_ARGISNULL(5) ?
+		renewed_until = PG_ARGISNULL(5) ?
 			IdemAddInterval(now, &rec.lease_duration, "lease") :
 			IdemAddInterval(now, PG_GETARG_INTERVAL_P(5), "extend");
+		rec.lease_expires_at = Min(renewed_until, rec.expires_at);
 	} while (!IdemStoreUpdate(&store, &key, &rec));
 	CommandCounterIncrement();
 	IdemKeyUnlock(&key);

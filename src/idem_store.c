@@ -570,7 +570,9 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 
 	if (!ConditionalLockRelationOid(oids->heap, RowExclusiveLock) ||
 		!ConditionalLockRelationOid(oids->pkey, RowExclusiveLock) ||
-		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock))
+		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock) ||
+		(OidIsValid(oids->leases) &&
+		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)))
 		return 0;
 	IdemStoreOpen(&store, oids, true, true);
 	deleted = SweepOpenStore(&store, batch, now, resume_from);

@@ -145,6 +145,37 @@ BEGIN;
 SELECT idem_sweep() >= 1 AS swept;
 SELECT count(*) AS left FROM idem_keys WHERE key = 'short-2';
 COMMIT;
+-- DDL holding the lease index (here in a prepared transaction): the sweep
+-- does nothing rather than wait for it
+INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'short-3', NULL, NULL);
+BEGIN;
+ALTER INDEX idem_keys_leases SET TABLESPACE pg_default;
+PREPARE TRANSACTION 'idem-lease-index-ddl';
+SET lock_timeout = '100ms';
+SELECT try($$SELECT idem_sweep()::text$$) AS sweep_during_ddl;
+RESET lock_timeout;
+COMMIT PREPARED 'idem-lease-index-ddl';
+SELECT idem_sweep() >= 1 AS swept_after;
+
+------------------------------------------------------------------------
+-- a lease never runs past the key's ttl: the lease, a takeover and a
+-- renewal end at expires_at at the latest
+------------------------------------------------------------------------
+BEGIN;
+SELECT token AS ttl_token FROM idem_lease('short-ttl', ttl => '1 minute', lease => '1 hour') \gset
+SELECT lease_expires_at = expires_at AS lease_ends_with_ttl, expires_at = now() + interval '1 minute' AS ttl
+FROM idem_keys WHERE key = 'short-ttl';
+SELECT idem_checkpoint('short-ttl', :'ttl_token', 'p1', extend => '2 days') = now() + interval '1 minute'
+       AS renewal_ends_with_ttl;
+SELECT idem_checkpoint('short-ttl', :'ttl_token', 'p2', extend => '10 seconds') = now() + interval '10 seconds'
+       AS shorter_renewal_kept;
+UPDATE idem_keys SET lease_expires_at = now() - interval '1 second' WHERE key = 'short-ttl';
+SELECT status, attempts FROM idem_lease('short-ttl', lease => '2 hours');
+SELECT lease_expires_at = expires_at AS takeover_ends_with_ttl FROM idem_keys WHERE key = 'short-ttl';
+-- and idem_begin's in_progress for a leased key has the status only
+SELECT * FROM idem_begin('short-ttl');
+ROLLBACK;
 
 ------------------------------------------------------------------------
 -- two-phase commit: a prepared lease, recovery point or finish is an
