@@ -19,6 +19,9 @@ bool		idem_sweeper_enabled = true;
 int			idem_sweep_interval_ms = 60 * 1000;
 int			idem_sweep_batch_size = 10000;
 bool		idem_track_stats = true;
+int			idem_sweep_workers = 2;
+int			idem_sweep_worker_timeout_ms = 60 * 1000;
+int			idem_max_databases = 1024;
 
 static const struct config_enum_entry unfinished_options[] = {
 	{"error", IDEM_UNFINISHED_ERROR, false},
@@ -83,6 +86,40 @@ IdemGucInit(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.sweep_workers",
+							"How many databases the sweeper works on at the same time.",
+							"Each takes one of max_worker_processes while it runs.",
+							&idem_sweep_workers,
+							2,
+							1,
+							IDEM_MAX_SWEEP_WORKERS,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.sweep_worker_timeout",
+							"Longest time the sweeper gives one visit to one database.",
+							"A worker still running then is terminated and the visit "
+							"recorded as failed; other databases are not held up by it.",
+							&idem_sweep_worker_timeout_ms,
+							60 * 1000,
+							1000,
+							60 * 60 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.max_databases",
+							"Databases whose sweeper status and call counters shared memory has room for.",
+							"Databases beyond it are still swept, and a log line names what is not shown.",
+							&idem_max_databases,
+							1024,
+							16,
+							1000000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("idempotency");
 }

@@ -16,6 +16,12 @@ extern bool idem_sweeper_enabled;
 extern int	idem_sweep_interval_ms;
 extern int	idem_sweep_batch_size;
 extern bool idem_track_stats;
+extern int	idem_sweep_workers;
+extern int	idem_sweep_worker_timeout_ms;
+extern int	idem_max_databases;
+
+/* The most workers idempotency.sweep_workers allows. */
+#define IDEM_MAX_SWEEP_WORKERS 64
 
 extern void IdemGucInit(void);
 

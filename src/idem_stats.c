@@ -12,8 +12,10 @@
  * (a restart zeroes them, like pg_stat_statements without its dump file),
  * and exist only when the library is in shared_preload_libraries.
  *
- * Slots are not freed when a database is dropped; when all are taken, the
- * slot of a database that no longer exists is reused.
+ * There are idempotency.max_databases slots.  They are not freed when a
+ * database is dropped; when all are taken, the slot of a database that no
+ * longer exists is reused, and a database that finds none logs so once per
+ * backend.
  */
 #include "postgres.h"
 
@@ -34,7 +36,6 @@
 #include "idem_guc.h"
 #include "idem_stats.h"
 
-#define STATS_MAX_DATABASES	256
 #define STATS_COLUMNS		(3 + IDEM_STAT_NKINDS)	/* datid, datname, ..., stats_reset */
 
 typedef struct IdemDbStats
@@ -47,7 +48,8 @@ typedef struct IdemDbStats
 typedef struct IdemStatsShared
 {
 	LWLock	   *lock;			/* protects dboid and stats_reset */
-	IdemDbStats dbs[STATS_MAX_DATABASES];
+	int			ndbs;			/* idempotency.max_databases at start */
+	IdemDbStats dbs[FLEXIBLE_ARRAY_MEMBER];
 } IdemStatsShared;
 
 static IdemStatsShared *stats_shared = NULL;
@@ -55,7 +57,7 @@ static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
 
 /*
  * When every slot belongs to a live database, this backend's database is
- * not counted; looking for a slot again (256 catalog lookups) is left until
+ * not counted; looking for a slot again (a catalog lookup a slot) is left until
  * this time, so that an uncounted database does not pay for it on every call.
  */
 #define STATS_SLOT_RETRY_MS	10000
@@ -66,12 +68,20 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 PG_FUNCTION_INFO_V1(idem_stats);
 PG_FUNCTION_INFO_V1(idem_stats_reset);
 
+/* Size of our shared memory, for idempotency.max_databases databases. */
+static Size
+StatsShmemSize(void)
+{
+	return add_size(offsetof(IdemStatsShared, dbs),
+					mul_size(idem_max_databases, sizeof(IdemDbStats)));
+}
+
 static void
 StatsShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(IdemStatsShared)));
+	RequestAddinShmemSpace(MAXALIGN(StatsShmemSize()));
 	RequestNamedLWLockTranche("idempotency stats", 1);
 }
 
@@ -84,12 +94,13 @@ StatsShmemStartup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	stats_shared = ShmemInitStruct("idempotency stats", sizeof(IdemStatsShared), &found);
+	stats_shared = ShmemInitStruct("idempotency stats", StatsShmemSize(), &found);
 	if (!found)
 	{
-		memset(stats_shared, 0, sizeof(IdemStatsShared));
+		memset(stats_shared, 0, StatsShmemSize());
 		stats_shared->lock = &(GetNamedLWLockTranche("idempotency stats"))->lock;
-		for (int i = 0; i < STATS_MAX_DATABASES; i++)
+		stats_shared->ndbs = idem_max_databases;
+		for (int i = 0; i < stats_shared->ndbs; i++)
 			for (int k = 0; k < IDEM_STAT_NKINDS; k++)
 				pg_atomic_init_u64(&stats_shared->dbs[i].counters[k], 0);
 	}
@@ -120,7 +131,7 @@ SlotOf(Oid dboid, bool claim)
 {
 	IdemDbStats *free_slot = NULL;
 
-	for (int i = 0; i < STATS_MAX_DATABASES; i++)
+	for (int i = 0; i < stats_shared->ndbs; i++)
 	{
 		IdemDbStats *slot = &stats_shared->dbs[i];
 
@@ -153,7 +164,7 @@ FindMySlot(void)
 
 	if (slot == NULL)
 	{
-		for (int i = 0; i < STATS_MAX_DATABASES && !OidIsValid(dropped); i++)
+		for (int i = 0; i < stats_shared->ndbs && !OidIsValid(dropped); i++)
 		{
 			Oid			dboid = stats_shared->dbs[i].dboid;
 
@@ -194,6 +205,15 @@ IdemStatsAdd(IdemStatKind kind, uint64 n)
 		my_db_stats = FindMySlot();
 		if (my_db_stats == NULL)
 		{
+			/* said once per backend: not silently, and not on every call */
+			if (no_slot_retry_at == 0)
+				ereport(LOG,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("idempotency calls in database \"%s\" are not counted in idem_stats",
+								get_database_name(MyDatabaseId)),
+						 errdetail("All %d slots for per-database counters belong to other databases.",
+								   stats_shared->ndbs),
+						 errhint("Raise idempotency.max_databases and restart the server.")));
 			no_slot_retry_at = TimestampTzPlusMilliseconds(now, STATS_SLOT_RETRY_MS);
 			return;
 		}
@@ -214,7 +234,7 @@ idem_stats(PG_FUNCTION_ARGS)
 	if (stats_shared == NULL)
 		return (Datum) 0;
 
-	for (int i = 0; i < STATS_MAX_DATABASES; i++)
+	for (int i = 0; i < stats_shared->ndbs; i++)
 	{
 		IdemDbStats *slot = &stats_shared->dbs[i];
 		Datum		values[STATS_COLUMNS];
@@ -266,7 +286,8 @@ idem_stats_reset(PG_FUNCTION_ARGS)
 				 errmsg("idempotency statistics are not collected for database \"%s\"",
 						get_database_name(MyDatabaseId)),
 				 errdetail("All %d slots for per-database counters belong to other databases.",
-						   STATS_MAX_DATABASES)));
+						   stats_shared->ndbs),
+				 errhint("Raise idempotency.max_databases and restart the server.")));
 		PG_RETURN_VOID();
 	}
 	my_db_stats = slot;

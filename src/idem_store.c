@@ -27,13 +27,16 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_extension.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "idem_stats.h"
@@ -95,25 +98,99 @@ LookupStoreRelation(const char *name, Oid nspid)
 }
 
 /*
+ * Is a relation found by name an index of the key table?  A role with
+ * CREATE on the extension's schema could otherwise put an index of its own
+ * table there under a name a later version of the extension will use
+ * (idem_keys_leases before 0.2.0), and have the sweeper, running as
+ * superuser, open it as ours.  Nobody but the table's owner can create an
+ * index on the table itself.
+ */
+static bool
+IsStoreIndex(Oid indexid, Oid heapid)
+{
+	return get_rel_relkind(indexid) == RELKIND_INDEX &&
+		IndexGetRelation(indexid, true) == heapid;
+}
+
+/* Raise an error unless a relation found by name is an index of the key table. */
+static void
+CheckStoreIndex(Oid indexid, Oid heapid)
+{
+	if (!IsStoreIndex(indexid, heapid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("relation \"%s.%s\" is not an index of the extension's key table",
+						get_namespace_name(get_rel_namespace(indexid)),
+						get_rel_name(indexid)),
+				 errhint("Drop or rename it; the extension \"idempotency\" owns that name.")));
+}
+
+static void ResolveInSchema(Oid nspid, IdemStoreOids *oids);
+
+/*
  * Find the store's relations in the schema of the SQL function being called.
  */
 void
 IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 {
-	IdemStoreResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
+	ResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
 }
 
 /*
  * Find the store's relations in a given schema (the extension's).
  */
-void
-IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids)
+static void
+ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 {
 	oids->heap = LookupStoreRelation(IDEM_TABLE_NAME, nspid);
+	if (get_rel_relkind(oids->heap) != RELKIND_RELATION)
+		elog(ERROR, "relation \"%s\" is not a table", IDEM_TABLE_NAME);
 	oids->pkey = LookupStoreRelation(IDEM_PKEY_NAME, nspid);
+	CheckStoreIndex(oids->pkey, oids->heap);
 	oids->expiry = LookupStoreRelation(IDEM_EXPIRY_NAME, nspid);
-	/* absent until the extension is updated to 0.2.0 */
+	CheckStoreIndex(oids->expiry, oids->heap);
+	/*
+	 * Absent until the extension is updated to 0.2.0; anything else of that
+	 * name (a squatter's index, see IsStoreIndex) is not ours and is left
+	 * alone.  From 0.2.0 on the name is the extension's index's.
+	 */
 	oids->leases = get_relname_relid(IDEM_LEASES_NAME, nspid);
+	if (OidIsValid(oids->leases) && !IsStoreIndex(oids->leases, oids->heap))
+		oids->leases = InvalidOid;
+}
+
+/*
+ * Find the store of the extension installed in the current database, for
+ * code that is not called through one of the extension's functions (the
+ * sweeper).  Reads pg_extension through its name index with the catalog's
+ * own comparison function: nothing here goes through SQL, so no operator,
+ * function or search_path of a database owner's can change what it finds.
+ * An extension still being created, or dropped, is not committed and is
+ * not seen.  Returns false when the extension is not installed.
+ */
+bool
+IdemStoreResolveInstalled(IdemStoreOids *oids)
+{
+	Relation	rel;
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nspid = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&skey, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("idempotency"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &skey);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (!OidIsValid(nspid))
+		return false;
+	ResolveInSchema(nspid, oids);
+	return true;
 }
 
 /*
@@ -521,6 +598,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 	IndexScanDesc scan;
 	int64		deleted = 0;
 	Snapshot	snapshot = GetActiveSnapshot();
+	MemoryContext row_cxt;
 
 	Assert(store->expiry != NULL);
 	ScanKeyEntryInitialize(&skeys[0], 0, 1, BTLessEqualStrategyNumber,
@@ -531,15 +609,30 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 							   InvalidOid, InvalidOid, F_TIMESTAMP_GE,
 							   TimestampTzGetDatum(*resume_from));
 
+	/*
+	 * What one row's checks allocate (GetLockConflicts() takes
+	 * MaxBackends-sized arrays) goes into a context reset for every row, so
+	 * a batch of a million rows costs the memory of one.
+	 */
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									"idempotency sweep row",
+									ALLOCSET_SMALL_SIZES);
+
 	scan = index_beginscan(store->heap, store->expiry, snapshot, nkeys, 0);
 	index_rescan(scan, skeys, nkeys, NULL, 0);
 
 	while (deleted < batch &&
 		   index_getnext_slot(scan, ForwardScanDirection, store->slot))
 	{
+		MemoryContext old_cxt;
+		bool		held;
+
 		CHECK_FOR_INTERRUPTS();
-		if (!KeyHeldByOthers(store->slot) &&
-			IdemStoreDelete(store, &store->slot->tts_tid, false))
+		old_cxt = MemoryContextSwitchTo(row_cxt);
+		held = KeyHeldByOthers(store->slot);
+		MemoryContextSwitchTo(old_cxt);
+		MemoryContextReset(row_cxt);
+		if (!held && IdemStoreDelete(store, &store->slot->tts_tid, false))
 			deleted++;
 		if (resume_from != NULL)
 		{
@@ -553,6 +646,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 
 	index_endscan(scan);
 	ExecClearTuple(store->slot);
+	MemoryContextDelete(row_cxt);
 	return deleted;
 }
 

@@ -95,7 +95,7 @@ typedef struct IdemStore
 
 extern uint64 IdemKeyHash(const text *scope, const text *key);
 extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
-extern void IdemStoreResolveInSchema(Oid nspid, IdemStoreOids *oids);
+extern bool IdemStoreResolveInstalled(IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
 						  bool may_write, bool for_insert);
 extern void IdemStoreClose(IdemStore *store);

@@ -4,20 +4,32 @@
  *
  * A launcher, connected to no database, wakes every
  * idempotency.sweep_interval, lists the databases that allow connections,
- * and for each starts one short-lived worker, one at a time.  The worker
- * connects, returns at once if the extension is not installed (or the
- * server is in recovery), and otherwise sweeps the key store (as
- * idem_sweep() does) in transactions of idempotency.sweep_batch_size keys
- * until the expired set is exhausted.
+ * and works through them with up to idempotency.sweep_workers short-lived
+ * workers at a time.  A worker connects to one database, returns at once if
+ * the extension is not installed (or the server is in recovery), and
+ * otherwise sweeps the key store (as idem_sweep() does) in transactions of
+ * idempotency.sweep_batch_size keys for about a second; a database with more
+ * left goes to the back of the queue, so one database's backlog never holds
+ * up the others.
+ *
+ * The workers run as the bootstrap superuser in databases whose owners may
+ * be hostile (docs/security.md), so they run no SQL at all: the extension is
+ * found by a catalog index scan and the keys through the store's direct heap
+ * and index access.  The database- and role-level settings a connection
+ * picks up are overridden for every setting the worker's transactions
+ * depend on, no lock is waited for (conditional locks, or lock_timeout for
+ * the catalogs), and the launcher terminates a worker that runs past
+ * idempotency.sweep_worker_timeout, recording the visit as failed.
  *
  * Workers never stay connected long: PostgreSQL before 19 makes DROP
  * DATABASE wait for (and fail after five seconds on) any background worker
- * connected to the database, so a worker stops after about a second of
- * work and tells the launcher to start another one for the rest.
+ * connected to the database.
  *
- * The last pass over each database is kept in shared memory for the
- * idem_sweeper_status view; a failed pass logs one line, a successful one
- * logs nothing at the default level.
+ * The last pass over each database is kept in shared memory, in
+ * idempotency.max_databases slots, for the idem_sweeper_status view; a
+ * failed pass logs one line, a successful one logs nothing at the default
+ * level.  Only the launcher writes the status table: each worker reports
+ * into a slot of its own, which the launcher reads when the worker is gone.
  */
 #include "postgres.h"
 
@@ -29,7 +41,6 @@
 #include "access/xlog.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -44,6 +55,7 @@
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -52,7 +64,6 @@
 #include "idem_store.h"
 #include "idem_sweeper.h"
 
-#define SWEEPER_MAX_DATABASES	256
 #define SWEEPER_ERROR_LEN		256
 
 /* A worker hands its database over to the next worker after this long. */
@@ -66,22 +77,51 @@ typedef struct SweepStatus
 	TimestampTz last_start;
 	int64		last_duration_us;
 	int64		keys_removed;
-	bool		more;			/* the worker stopped before the end */
 	char		last_error[SWEEPER_ERROR_LEN];	/* "" if none */
 } SweepStatus;
+
+/* What one worker tells the launcher; written by the worker only. */
+typedef struct WorkerReport
+{
+	bool		finished;		/* the worker got to its end */
+	bool		installed;		/* the extension is there */
+	bool		more;			/* it stopped before the end of the backlog */
+	int64		keys_removed;	/* in committed batches, kept up to date */
+	char		error[SWEEPER_ERROR_LEN];	/* "" if none */
+} WorkerReport;
 
 typedef struct SweeperShared
 {
 	LWLock	   *lock;
-	SweepStatus dbs[SWEEPER_MAX_DATABASES];
+	int			ndbs;			/* idempotency.max_databases at start */
+	WorkerReport reports[IDEM_MAX_SWEEP_WORKERS];
+	SweepStatus dbs[FLEXIBLE_ARRAY_MEMBER];
 } SweeperShared;
 
-/* A database to visit. */
+/* A database to visit, and its pass so far. */
 typedef struct SweepTarget
 {
 	Oid			dboid;
 	NameData	datname;
+	TimestampTz pass_start;		/* 0 until its first worker starts */
+	int64		duration_us;
+	int64		keys_removed;
 } SweepTarget;
+
+/* A worker the launcher is waiting for. */
+typedef struct RunningWorker
+{
+	BackgroundWorkerHandle *handle; /* NULL for a free place */
+	SweepTarget *target;
+	TimestampTz started;
+	bool		terminated;		/* it ran out of time */
+} RunningWorker;
+
+/* What the launcher passes to a worker in bgw_extra. */
+typedef struct WorkerArgs
+{
+	int			report_slot;
+} WorkerArgs;
 
 static SweeperShared *sweeper_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -92,13 +132,21 @@ PGDLLEXPORT void idem_sweeper_worker_main(Datum main_arg);
 
 PG_FUNCTION_INFO_V1(idem_sweeper_status);
 
+/* Size of our shared memory, for idempotency.max_databases databases. */
+static Size
+SweeperShmemSize(void)
+{
+	return add_size(offsetof(SweeperShared, dbs),
+					mul_size(idem_max_databases, sizeof(SweepStatus)));
+}
+
 /* Reserve our shared memory and lock. */
 static void
 SweeperShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(SweeperShared)));
+	RequestAddinShmemSpace(MAXALIGN(SweeperShmemSize()));
 	RequestNamedLWLockTranche("idempotency", 1);
 }
 
@@ -112,11 +160,12 @@ SweeperShmemStartup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	sweeper_shared = ShmemInitStruct("idempotency sweeper", sizeof(SweeperShared), &found);
+	sweeper_shared = ShmemInitStruct("idempotency sweeper", SweeperShmemSize(), &found);
 	if (!found)
 	{
-		memset(sweeper_shared, 0, sizeof(SweeperShared));
+		memset(sweeper_shared, 0, SweeperShmemSize());
 		sweeper_shared->lock = &(GetNamedLWLockTranche("idempotency"))->lock;
+		sweeper_shared->ndbs = idem_max_databases;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -152,7 +201,7 @@ StatusSlot(Oid dboid, bool claim)
 {
 	SweepStatus *free_slot = NULL;
 
-	for (int i = 0; i < SWEEPER_MAX_DATABASES; i++)
+	for (int i = 0; i < sweeper_shared->ndbs; i++)
 	{
 		SweepStatus *s = &sweeper_shared->dbs[i];
 
@@ -167,6 +216,16 @@ StatusSlot(Oid dboid, bool claim)
 		free_slot->dboid = dboid;
 	}
 	return claim ? free_slot : NULL;
+}
+
+/* Copy a message into a fixed buffer, clipped on a character boundary. */
+static void
+CopyMessage(char *dest, const char *msg)
+{
+	int			len = pg_mbcliplen(msg, strlen(msg), SWEEPER_ERROR_LEN - 1);
+
+	memcpy(dest, msg, len);
+	dest[len] = '\0';
 }
 
 /* The databases a pass visits: those that allow connections. */
@@ -191,11 +250,12 @@ ListSweepTargets(void)
 		MemoryContext old;
 		SweepTarget *target;
 
+		CHECK_FOR_INTERRUPTS();
 		/* -2 marks a database whose DROP was interrupted */
 		if (!db->datallowconn || db->datistemplate || db->datconnlimit == -2)
 			continue;
 		old = MemoryContextSwitchTo(caller_cxt);
-		target = palloc(sizeof(SweepTarget));
+		target = palloc0(sizeof(SweepTarget));
 		target->dboid = db->oid;
 		target->datname = db->datname;
 		targets = lappend(targets, target);
@@ -209,47 +269,48 @@ ListSweepTargets(void)
 	return targets;
 }
 
-/* Forget the status of databases that no longer exist. */
+/* Forget the status of databases that no longer exist (or allow no connections). */
 static void
 ForgetMissingDatabases(List *targets)
 {
+	HTAB	   *present;
+	HASHCTL		ctl;
+	ListCell   *lc;
+
+	/* a hash, so that a pass over thousands of databases stays linear */
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(Oid);
+	ctl.hcxt = CurrentMemoryContext;
+	present = hash_create("idempotency sweeper databases",
+						  Max(list_length(targets), 16), &ctl,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	foreach(lc, targets)
+		(void) hash_search(present, &((SweepTarget *) lfirst(lc))->dboid,
+						   HASH_ENTER, NULL);
+
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < SWEEPER_MAX_DATABASES; i++)
+	for (int i = 0; i < sweeper_shared->ndbs; i++)
 	{
 		SweepStatus *s = &sweeper_shared->dbs[i];
-		bool		present = false;
-		ListCell   *lc;
 
-		if (s->dboid == InvalidOid)
-			continue;
-		foreach(lc, targets)
-		{
-			if (((SweepTarget *) lfirst(lc))->dboid == s->dboid)
-				present = true;
-		}
-		if (!present)
+		if (s->dboid != InvalidOid &&
+			hash_search(present, &s->dboid, HASH_FIND, NULL) == NULL)
 			s->dboid = InvalidOid;
 	}
 	LWLockRelease(sweeper_shared->lock);
+	hash_destroy(present);
 }
 
 /*
- * Run one worker for a database and wait for it to exit.  Returns true if
- * it stopped before the end of the expired set.  "continuing" tells the
- * worker that it carries on a pass an earlier worker began.
- *
- * The launcher clears the "more" flag before each start, so a worker that
- * dies before reporting (its database was just dropped, say) ends the
- * database's turn instead of being started again and again.
+ * Start a worker for a database, reporting into report slot i.  Returns
+ * false when no background worker slot is free.
  */
 static bool
-RunWorker(SweepTarget *target, bool continuing, bool *out_of_slots)
+StartWorker(SweepTarget *target, int i, RunningWorker *running)
 {
 	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	pid_t		pid;
-	bool		more = false;
-	SweepStatus *s;
+	WorkerArgs	args;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -261,38 +322,88 @@ RunWorker(SweepTarget *target, bool continuing, bool *out_of_slots)
 			 NameStr(target->datname));
 	snprintf(worker.bgw_type, BGW_MAXLEN, "idempotency sweeper");
 	worker.bgw_main_arg = ObjectIdGetDatum(target->dboid);
-	memcpy(worker.bgw_extra, &continuing, sizeof(bool));
+	args.report_slot = i;
+	memcpy(worker.bgw_extra, &args, sizeof(args));
 	worker.bgw_notify_pid = MyProcPid;
 
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-	s = StatusSlot(target->dboid, false);
-	if (s != NULL)
-		s->more = false;
+	memset(&sweeper_shared->reports[i], 0, sizeof(WorkerReport));
 	LWLockRelease(sweeper_shared->lock);
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	if (!RegisterDynamicBackgroundWorker(&worker, &running->handle))
 	{
-		if (!*out_of_slots)
-			ereport(LOG,
-					(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
-							NameStr(target->datname)),
-					 errhint("Raise max_worker_processes; the sweeper will try again at its next pass.")));
-		*out_of_slots = true;
+		running->handle = NULL;
 		return false;
 	}
-	*out_of_slots = false;
+	running->target = target;
+	running->started = GetCurrentTimestamp();
+	running->terminated = false;
+	if (target->pass_start == 0)
+		target->pass_start = running->started;
+	return true;
+}
 
-	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_POSTMASTER_DIED ||
-		WaitForBackgroundWorkerShutdown(handle) == BGWH_POSTMASTER_DIED)
-		proc_exit(1);
-	pfree(handle);
+/*
+ * A worker has exited: add its report to its database's pass and publish
+ * the pass in the status table.  Returns true when the database has more
+ * to sweep.  *no_slot counts databases with the extension that found no
+ * free status slot.
+ */
+static bool
+HarvestWorker(RunningWorker *running, int i, int *no_slot)
+{
+	SweepTarget *target = running->target;
+	WorkerReport report;
+	SweepStatus *s;
+	char		error[SWEEPER_ERROR_LEN];
 
 	LWLockAcquire(sweeper_shared->lock, LW_SHARED);
-	s = StatusSlot(target->dboid, false);
-	if (s != NULL)
-		more = s->more;
+	report = sweeper_shared->reports[i];
 	LWLockRelease(sweeper_shared->lock);
-	return more;
+
+	target->keys_removed += report.keys_removed;
+	target->duration_us += GetCurrentTimestamp() - running->started;
+	error[0] = '\0';
+	if (running->terminated)
+	{
+		snprintf(error, sizeof(error),
+				 "sweep did not finish within idempotency.sweep_worker_timeout (%d ms)",
+				 idem_sweep_worker_timeout_ms);
+		ereport(LOG,
+				(errmsg("idempotency sweeper: pass over database \"%s\" failed: %s",
+						NameStr(target->datname), error)));
+	}
+	else if (report.finished)
+		strlcpy(error, report.error, sizeof(error));
+	else
+	{
+		/*
+		 * It exited without finishing: the database was dropped or refused
+		 * the connection, or the worker died.  Its log line says why; a
+		 * database that had a status keeps it, with the failure.
+		 */
+		strlcpy(error, "sweeper worker exited before it could report (see the server log)",
+				sizeof(error));
+	}
+
+	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+	s = StatusSlot(target->dboid, report.installed);
+	if (s != NULL && report.finished && !report.installed)
+		s->dboid = InvalidOid;	/* the extension is not (or no longer) there */
+	else if (s != NULL)
+	{
+		s->datname = target->datname;
+		s->last_start = target->pass_start;
+		s->keys_removed = target->keys_removed;
+		s->last_duration_us = target->duration_us;
+		CopyMessage(s->last_error, error);
+	}
+	else if (report.installed)
+		(*no_slot)++;
+	LWLockRelease(sweeper_shared->lock);
+
+	running->handle = NULL;
+	return report.finished && report.more && error[0] == '\0';
 }
 
 /* Reload the configuration if a SIGHUP came in. */
@@ -306,7 +417,12 @@ ReloadIfPending(void)
 	}
 }
 
-/* One pass: every database, until each has no expired keys left. */
+/*
+ * One pass: every database, until each has no expired keys left, with up
+ * to idempotency.sweep_workers workers at once.  A database with more to do
+ * after a worker's second of work is queued again at the end.  A worker
+ * past its timeout is terminated; the others go on meanwhile.
+ */
 static void
 SweepAllDatabases(void)
 {
@@ -314,30 +430,98 @@ SweepAllDatabases(void)
 												   "idempotency sweeper pass",
 												   ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(pass_cxt);
-	List	   *targets = ListSweepTargets();
+	List	   *queue = ListSweepTargets();
+	int			next = 0;
+	RunningWorker running[IDEM_MAX_SWEEP_WORKERS];
+	int			nrunning = 0;
 	bool		out_of_slots = false;
-	ListCell   *lc;
+	int			no_slot = 0;
 
-	ForgetMissingDatabases(targets);
-	foreach(lc, targets)
+	memset(running, 0, sizeof(running));
+	ForgetMissingDatabases(queue);
+	for (;;)
 	{
-		SweepTarget *target = lfirst(lc);
-		bool		continuing = false;
+		bool		stopping;
+		bool		harvested = false;
+		long		wait_ms = 1000;
+		TimestampTz now;
 
-		for (;;)
+		CHECK_FOR_INTERRUPTS();
+		ReloadIfPending();
+		stopping = !idem_sweeper_enabled || RecoveryInProgress();
+
+		/* start workers while there are places and databases */
+		for (int i = 0; i < idem_sweep_workers && !stopping && !out_of_slots &&
+			 next < list_length(queue); i++)
 		{
-			CHECK_FOR_INTERRUPTS();
-			ReloadIfPending();
-			if (!idem_sweeper_enabled || RecoveryInProgress())
-				goto done;
-			if (!RunWorker(target, continuing, &out_of_slots))
+			if (running[i].handle != NULL)
+				continue;
+			if (!StartWorker(list_nth(queue, next), i, &running[i]))
+			{
+				ereport(LOG,
+						(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
+								NameStr(((SweepTarget *) list_nth(queue, next))->datname)),
+						 errhint("Raise max_worker_processes; the sweeper will try again at its next pass.")));
+				out_of_slots = true;
 				break;
-			continuing = true;
+			}
+			next++;
+			nrunning++;
 		}
-		if (out_of_slots)
+		if (nrunning == 0)
 			break;
+
+		/* collect the workers that are done; stop those out of time */
+		now = GetCurrentTimestamp();
+		for (int i = 0; i < IDEM_MAX_SWEEP_WORKERS; i++)
+		{
+			pid_t		pid;
+			BgwHandleStatus status;
+			TimestampTz deadline;
+
+			if (running[i].handle == NULL)
+				continue;
+			status = GetBackgroundWorkerPid(running[i].handle, &pid);
+			if (status == BGWH_POSTMASTER_DIED)
+				proc_exit(1);
+			if (status == BGWH_STOPPED)
+			{
+				SweepTarget *target = running[i].target;
+
+				pfree(running[i].handle);
+				if (HarvestWorker(&running[i], i, &no_slot) && !stopping)
+					queue = lappend(queue, target);
+				nrunning--;
+				harvested = true;
+				continue;
+			}
+			deadline = TimestampTzPlusMilliseconds(running[i].started,
+												   idem_sweep_worker_timeout_ms);
+			if (!running[i].terminated && now >= deadline)
+			{
+				TerminateBackgroundWorker(running[i].handle);
+				running[i].terminated = true;
+			}
+			else if (!running[i].terminated)
+				wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, deadline));
+		}
+		if (harvested)
+			continue;
+
+		/* a worker's start or exit sets our latch (bgw_notify_pid) */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
 	}
-done:
+
+	if (no_slot > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("idempotency sweeper: %d databases with the extension have no status in idem_sweeper_status",
+						no_slot),
+				 errdetail("They were swept; idempotency.max_databases (%d) limits how many are shown.",
+						   sweeper_shared->ndbs),
+				 errhint("Raise idempotency.max_databases and restart the server.")));
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(pass_cxt);
 }
@@ -386,36 +570,68 @@ idem_sweeper_launcher_main(Datum main_arg)
 	}
 }
 
-/* Run one SQL query in the worker's open transaction; first column of the first row. */
-static bool
-RunScalarQuery(const char *sql, Datum *result)
+/*
+ * Settings a connection picks up from ALTER DATABASE ... SET (which a
+ * database owner controls) and ALTER ROLE, overridden for the worker's
+ * session.  The worker runs no SQL, so search_path and the like cannot
+ * change what it does; these are the ones its transactions depend on:
+ * isolation (SERIALIZABLE READ ONLY DEFERRABLE would wait in
+ * GetSafeSnapshot for any open serializable transaction), read-only,
+ * timeouts, and what an error becomes.  lock_timeout bounds the one kind of
+ * wait left, on a catalog lock; every lock on the key store is conditional.
+ * Settings this server version does not have are skipped.
+ */
+static const struct
 {
-	bool		isnull;
+	const char *name;
+	const char *value;
+}			pinned_settings[] =
+{
+	{"search_path", "pg_catalog, pg_temp"},
+	{"default_transaction_isolation", "read committed"},
+	{"default_transaction_read_only", "off"},
+	{"default_transaction_deferrable", "off"},
+	{"transaction_isolation", "read committed"},
+	{"transaction_read_only", "off"},
+	{"transaction_deferrable", "off"},
+	{"statement_timeout", "0"},
+	{"lock_timeout", "1s"},
+	{"idle_in_transaction_session_timeout", "0"},
+	{"idle_session_timeout", "0"},
+	{"transaction_timeout", "0"},
+	{"exit_on_error", "off"},
+	{"session_replication_role", "origin"},
+	{"synchronous_commit", "local"},
+	{"role", "none"},
+};
 
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "idempotency sweeper: query failed: %s", sql);
-	if (SPI_processed == 0)
-		return false;
-	*result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return !isnull;
+/* Override what the database and role settings set (see pinned_settings). */
+static void
+PinWorkerSettings(void)
+{
+	for (int i = 0; i < lengthof(pinned_settings); i++)
+	{
+		if (GetConfigOption(pinned_settings[i].name, true, false) == NULL)
+			continue;
+		SetConfigOption(pinned_settings[i].name, pinned_settings[i].value,
+						PGC_SUSET, PGC_S_OVERRIDE);
+	}
 }
 
-/* Keys this worker removed in committed batches (kept across an error). */
-static int64 worker_removed = 0;
-
 /*
- * Sweep this database in transactions of one batch each, adding what each
- * committed batch removed to worker_removed.  Sets *installed and *more.
+ * Sweep this database in transactions of one batch each, for about a
+ * second, keeping the report's count of removed keys current after each
+ * committed batch (a worker terminated for its timeout still counts what
+ * it did).  Sets report->installed and report->more.
  */
 static void
-SweepThisDatabase(bool *installed, bool *more)
+SweepThisDatabase(WorkerReport *report)
 {
 	TimestampTz start = GetCurrentTimestamp();
 	TimestampTz resume_from = DT_NOBEGIN;
 	IdemStoreOids oids;
+	bool		installed = false;
 
-	*installed = false;
-	*more = false;
 	for (;;)
 	{
 		int64		deleted = 0;
@@ -426,20 +642,10 @@ SweepThisDatabase(bool *installed, bool *more)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "idempotency sweep");
 
-		if (!*installed)
-		{
-			Datum		nspid;
-
-			/* only a committed, fully created extension is visible here */
-			SPI_connect();
-			*installed = RunScalarQuery("SELECT e.extnamespace FROM pg_catalog.pg_extension e"
-										" WHERE e.extname = 'idempotency'",
-										&nspid);
-			SPI_finish();
-			if (*installed)
-				IdemStoreResolveInSchema(DatumGetObjectId(nspid), &oids);
-		}
-		if (*installed)
+		/* only a committed, fully created extension is visible here */
+		if (!installed)
+			installed = IdemStoreResolveInstalled(&oids);
+		if (installed)
 			deleted = IdemStoreSweep(&oids, batch,
 									 GetCurrentTransactionStartTimestamp(),
 									 &resume_from);
@@ -449,12 +655,16 @@ SweepThisDatabase(bool *installed, bool *more)
 		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		worker_removed += deleted;
-		if (!*installed || deleted < batch)
+		LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+		report->installed = installed;
+		report->keys_removed += deleted;
+		LWLockRelease(sweeper_shared->lock);
+
+		if (!installed || deleted < batch)
 			break;
 		if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WORKER_TIME_BUDGET_MS))
 		{
-			*more = true;
+			report->more = true;
 			break;
 		}
 		CHECK_FOR_INTERRUPTS();
@@ -468,19 +678,20 @@ void
 idem_sweeper_worker_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
-	bool		continuing;
-	TimestampTz start;
+	WorkerArgs	args;
+	WorkerReport *report;
 	MemoryContext cxt;
 	char	   *datname;
-	volatile bool installed = false;
-	volatile bool more = false;
-	char	   *volatile error = NULL;
-	SweepStatus *s;
 
-	memcpy(&continuing, MyBgworkerEntry->bgw_extra, sizeof(bool));
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+	if (args.report_slot < 0 || args.report_slot >= IDEM_MAX_SWEEP_WORKERS)
+		elog(FATAL, "idempotency sweeper: bad report slot %d", args.report_slot);
+	report = &sweeper_shared->reports[args.report_slot];
+
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	PinWorkerSettings();
 
 	if (RecoveryInProgress())
 		proc_exit(0);
@@ -489,16 +700,10 @@ idem_sweeper_worker_main(Datum main_arg)
 	datname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	CommitTransactionCommand();
 
-	start = GetCurrentTimestamp();
 	cxt = CurrentMemoryContext;
 	PG_TRY();
 	{
-		bool		found;
-		bool		unfinished;
-
-		SweepThisDatabase(&found, &unfinished);
-		installed = found;
-		more = unfinished;
+		SweepThisDatabase(report);
 	}
 	PG_CATCH();
 	{
@@ -509,41 +714,18 @@ idem_sweeper_worker_main(Datum main_arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		error = edata->message;
-		installed = true;
 		ereport(LOG,
 				(errmsg("idempotency sweeper: pass over database \"%s\" failed: %s",
-						datname, error)));
+						datname, edata->message)));
+		LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+		report->installed = true;
+		CopyMessage(report->error, edata->message);
+		LWLockRelease(sweeper_shared->lock);
 	}
 	PG_END_TRY();
 
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-	s = StatusSlot(dboid, installed);
-	if (s != NULL && !installed)
-		s->dboid = InvalidOid;	/* the extension was dropped */
-	else if (s != NULL)
-	{
-		namestrcpy(&s->datname, datname);
-		/* a worker that continues a pass adds to it */
-		if (!continuing || s->last_start == 0)
-		{
-			s->last_start = start;
-			s->keys_removed = 0;
-			s->last_duration_us = 0;
-		}
-		s->keys_removed += worker_removed;
-		s->last_duration_us += GetCurrentTimestamp() - start;
-		s->more = more;
-		/* clipped on a character boundary */
-		s->last_error[0] = '\0';
-		if (error)
-		{
-			int			len = pg_mbcliplen(error, strlen(error), SWEEPER_ERROR_LEN - 1);
-
-			memcpy(s->last_error, error, len);
-			s->last_error[len] = '\0';
-		}
-	}
+	report->finished = true;
 	LWLockRelease(sweeper_shared->lock);
 
 	proc_exit(0);
@@ -563,7 +745,7 @@ idem_sweeper_status(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	LWLockAcquire(sweeper_shared->lock, LW_SHARED);
-	for (int i = 0; i < SWEEPER_MAX_DATABASES; i++)
+	for (int i = 0; i < sweeper_shared->ndbs; i++)
 	{
 		SweepStatus *s = &sweeper_shared->dbs[i];
 		Interval   *duration;
