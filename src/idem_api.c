@@ -184,12 +184,19 @@ IdemKeyName(const IdemKey *key)
 	return psprintf("\"%s\" in scope \"%s\"", k, text_to_cstring(key->scope));
 }
 
-/* Do two fingerprints match?  NULL (no body) matches only NULL. */
+/*
+ * Do two fingerprints match?  NULL (no body) matches only NULL, of any
+ * kind.  Bodies of different kinds never match; a record from before 0.3.0
+ * has no kind and matches by digest alone, as it did then.
+ */
 bool
 IdemFingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
 {
 	if (a->isnull || b->isnull)
 		return a->isnull && b->isnull;
+	if (a->kind != b->kind &&
+		a->kind != IDEM_FP_KIND_NONE && b->kind != IDEM_FP_KIND_NONE)
+		return false;
 	return memcmp(a->bytes, b->bytes, IDEM_FINGERPRINT_LEN) == 0;
 }
 
@@ -503,6 +510,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemCheckNotOpen(&key, "begin");
 
 	fingerprint.isnull = PG_ARGISNULL(1);
+	fingerprint.kind = kind == IDEM_BODY_JSONB ? IDEM_FP_KIND_JSONB : IDEM_FP_KIND_BYTES;
 	if (!fingerprint.isnull && kind == IDEM_BODY_JSONB)
 		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fingerprint.bytes);
 	else if (!fingerprint.isnull)

@@ -198,6 +198,7 @@ idem_lease(PG_FUNCTION_ARGS)
 	RequireNoNegativePart(lease);
 	IdemCheckNotOpen(&key, "lease");
 	fp.isnull = PG_ARGISNULL(1);
+	fp.kind = IDEM_FP_KIND_JSONB;
 	if (!fp.isnull)
 		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fp.bytes);
 

@@ -270,14 +270,25 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	rec->state = DatumGetChar(slot->tts_values[Anum_state - 1]);
 
 	rec->fingerprint.isnull = slot->tts_isnull[Anum_fingerprint - 1];
+	rec->fingerprint.kind = IDEM_FP_KIND_NONE;
 	if (!rec->fingerprint.isnull)
 	{
 		bytea	   *fp = DatumGetByteaPP(slot->tts_values[Anum_fingerprint - 1]);
+		const char *data = VARDATA_ANY(fp);
+		int			len = VARSIZE_ANY_EXHDR(fp);
 
-		if (VARSIZE_ANY_EXHDR(fp) != IDEM_FINGERPRINT_LEN)
+		/* the kind byte, then the digest; before 0.3.0, the digest alone */
+		if (len == IDEM_FINGERPRINT_LEN + 1 &&
+			(data[0] == IDEM_FP_KIND_JSONB || data[0] == IDEM_FP_KIND_BYTES))
+		{
+			rec->fingerprint.kind = data[0];
+			data++;
+			len--;
+		}
+		if (len != IDEM_FINGERPRINT_LEN)
 			elog(ERROR, "stored fingerprint has %d bytes, expected %d",
-				 (int) VARSIZE_ANY_EXHDR(fp), IDEM_FINGERPRINT_LEN);
-		memcpy(rec->fingerprint.bytes, VARDATA_ANY(fp), IDEM_FINGERPRINT_LEN);
+				 (int) VARSIZE_ANY_EXHDR(fp), IDEM_FINGERPRINT_LEN + 1);
+		memcpy(rec->fingerprint.bytes, data, IDEM_FINGERPRINT_LEN);
 	}
 
 	rec->body_isnull = slot->tts_isnull[Anum_response_body - 1];
@@ -402,9 +413,17 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	nulls[Anum_key - 1] = false;
 	if (!rec->fingerprint.isnull)
 	{
-		fp = palloc(VARHDRSZ + IDEM_FINGERPRINT_LEN);
-		SET_VARSIZE(fp, VARHDRSZ + IDEM_FINGERPRINT_LEN);
-		memcpy(VARDATA(fp), rec->fingerprint.bytes, IDEM_FINGERPRINT_LEN);
+		/* a record read from before 0.3.0 is written back as it was */
+		bool		has_kind = (rec->fingerprint.kind != IDEM_FP_KIND_NONE);
+		int			len = IDEM_FINGERPRINT_LEN + (has_kind ? 1 : 0);
+		char	   *data;
+
+		fp = palloc(VARHDRSZ + len);
+		SET_VARSIZE(fp, VARHDRSZ + len);
+		data = VARDATA(fp);
+		if (has_kind)
+			*data++ = rec->fingerprint.kind;
+		memcpy(data, rec->fingerprint.bytes, IDEM_FINGERPRINT_LEN);
 		values[Anum_fingerprint - 1] = PointerGetDatum(fp);
 		nulls[Anum_fingerprint - 1] = false;
 	}

@@ -36,6 +36,7 @@ typedef struct IdemKey
 typedef struct IdemFingerprint
 {
 	bool		isnull;
+	char		kind;			/* IDEM_FP_KIND_*; NONE in old records */
 	uint8		bytes[IDEM_FINGERPRINT_LEN];
 } IdemFingerprint;
 

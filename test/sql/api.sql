@@ -55,7 +55,7 @@ COMMIT;
 
 -- the stored row
 SELECT scope, key, state, response_code, response_body,
-       fingerprint = idem_fingerprint('{"amount": 500, "to": "acct_42"}'::jsonb) AS fp_ok,
+       fingerprint = '\x6a'::bytea || idem_fingerprint('{"amount": 500, "to": "acct_42"}'::jsonb) AS fp_ok,
        created_at = :'c1'::timestamptz AS same_created
 FROM idem_keys;
 
