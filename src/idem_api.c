@@ -154,17 +154,37 @@ IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
 	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), what);
 }
 
-/* now + value, which must be positive and land after now. */
+/*
+ * The longest ttl, lease or extend, in years.  Each part of the interval
+ * (months, days, time) is bounded by it, so now() plus the interval stays
+ * far inside the timestamp range whatever the signs of the parts, and a
+ * value past it is a bad argument (22023) rather than an overflow (22008).
+ */
+#define IDEM_MAX_INTERVAL_YEARS 1000
+
+/* now + value, which must be positive, not too long, and land after now. */
 TimestampTz
 IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 {
 	Interval	zero;
 	TimestampTz result;
+	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
 
 	memset(&zero, 0, sizeof(zero));
 	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
 										  IntervalPGetDatum(&zero))))
 		RejectInterval(what, value);
+	if (Abs((int64) value->month) > (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR ||
+		Abs((int64) value->day) > max_days ||
+		value->time > max_days * USECS_PER_DAY ||
+		value->time < -max_days * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("The %s given was %s; the limit is %d years.", what,
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(value))),
+						   IDEM_MAX_INTERVAL_YEARS)));
 	result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 													 TimestampTzGetDatum(now),
 													 IntervalPGetDatum(value)));

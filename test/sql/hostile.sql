@@ -613,11 +613,57 @@ SELECT status FROM idem_begin('ab '::varchar);
 SELECT status FROM idem_begin('ab '::name, scope => 'n');
 SELECT '[' || key || ']' AS key FROM (VALUES ('ab'), ('ab ')) v(key), idem_lookup(v.key) b
 WHERE b.status = 'in_progress' ORDER BY v.key COLLATE "C";
--- a ttl that lands beyond timestamptz's range is an error; just inside works
+-- a ttl, lease or extend past 1000 years (in any of its parts) is 22023,
+-- never an overflow; 1000 years works
 SELECT status, extract(year FROM expires_at) - extract(year FROM created_at) AS years
-FROM idem_begin('far', ttl => '250000 years');
+FROM idem_begin('far', ttl => '1000 years');
+SELECT status, extract(year FROM expires_at) - extract(year FROM created_at) AS years
+FROM idem_begin('far-days', ttl => '366000 days');
+SELECT n, try(stmt) FROM (VALUES
+  (1, $$SELECT status FROM idem_begin('far2', ttl => '1000 years 1 month')$$),
+  (2, $$SELECT status FROM idem_begin('far2', ttl => '366001 days')$$),
+  (3, $$SELECT status FROM idem_begin('far2', ttl => '8784025 hours')$$),
+  (4, $$SELECT status FROM idem_begin('far2', ttl => '1000 years -366001 days')$$),
+  (5, $$SELECT status FROM idem_begin('far2', ttl => '1001 years -366 days')$$),
+  (6, $$SELECT idem_once('far2', ttl => '250000 years')::text$$),
+  (7, $$SELECT status FROM idem_lease('far2', ttl => '250000 years')$$),
+  (8, $$SELECT status FROM idem_lease('far2', lease => '250000 years')$$),
+  (9, $$SELECT status FROM idem_lease('far2', ttl => '1 hour', lease => '1001 years')$$)
+) t(n, stmt) ORDER BY n;
 ROLLBACK;
 SELECT keys_state() = :'s0' AS unchanged;
+
+------------------------------------------------------------------------
+-- fingerprint domains: the jsonb encoding is a byte stream anyone can send
+-- as bytea, so its digest can be matched by hand; a key still never lets a
+-- bytea or text request match a jsonb one (or the reverse)
+------------------------------------------------------------------------
+-- '{"a": 1}' encoded as idem_fingerprint.c does: prefix, '{', key "a", numeric 1, '}'
+SELECT convert_to(E'idempotency:jsonb:v1\n', 'UTF8')
+       || '\x7b6b00000001616e00000001317d'::bytea AS forged \gset
+SELECT idem_fingerprint('{"a": 1}'::jsonb) = idem_fingerprint(:'forged'::bytea) AS digests_equal;
+BEGIN;
+SELECT status FROM idem_begin('fp-dom', '{"a": 1}'::jsonb);
+SELECT idem_finish('fp-dom', 201, '{"secret": "jsonb"}');
+COMMIT;
+SELECT status, response_code, response_body FROM idem_begin('fp-dom', :'forged'::bytea);
+SELECT status, response_code FROM idem_begin('fp-dom', '{"a": 1}'::jsonb);
+-- the other way round: a bytea key, then its jsonb look-alike
+BEGIN;
+SELECT status FROM idem_begin('fp-dom-2', :'forged'::bytea);
+SELECT idem_finish('fp-dom-2', 201, '{"secret": "bytea"}');
+COMMIT;
+SELECT status, response_code, response_body FROM idem_begin('fp-dom-2', '{"a": 1}'::jsonb);
+SELECT status, response_code, response_body FROM idem_lease('fp-dom-2', '{"a": 1}');
+SELECT status, response_code FROM idem_begin('fp-dom-2', :'forged'::bytea);
+-- the kind is stored as the first byte, before the digest
+SELECT key, encode(substring(fingerprint FROM 1 FOR 1), 'escape') AS kind, length(fingerprint) AS len
+FROM idem_keys WHERE key LIKE 'fp-dom%' ORDER BY key;
+-- a record written before 0.3.0 (digest only) matches by digest, as it did
+UPDATE idem_keys SET fingerprint = substring(fingerprint FROM 2) WHERE key = 'fp-dom';
+SELECT status, response_code FROM idem_begin('fp-dom', '{"a": 1}'::jsonb);
+SELECT status, response_code FROM idem_begin('fp-dom', '{"a": 2}'::jsonb);
+DELETE FROM idem_keys WHERE key LIKE 'fp-dom%';
 
 DROP FUNCTION try(text);
 DROP FUNCTION code(text);

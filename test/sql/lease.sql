@@ -57,6 +57,12 @@ SELECT idem_checkpoint('pay-1', :'t1', 'emailed', '{"mail": "m_1"}', extend => '
 ROLLBACK;
 SELECT phase, phase_state FROM idem_keys WHERE key = 'pay-1';
 
+-- an extend too long for any timestamp is a bad argument and changes nothing
+SELECT keys_state() AS before_extend \gset
+SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'x', extend => '250000 years')$$, :'t1'));
+SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'x', extend => '1000 years 1 mon')$$, :'t1'));
+SELECT keys_state() = :'before_extend' AS unchanged;
+
 ------------------------------------------------------------------------
 -- the holder dies; its lease runs out; the next caller resumes
 ------------------------------------------------------------------------
