@@ -154,8 +154,11 @@ $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION idempotency');
 my $fresh_catalog = $node->safe_psql('fresh', $CATALOG);
 
+# Every version the server has, not only those with a base script: a
+# version reached by update scripts alone (0.2.0) is created through them
+# and updated from there.
 my $tested = 0;
-for my $v (@base)
+for my $v (sort keys %available)
 {
 	my $path = $node->safe_psql(
 		'postgres', qq{
@@ -332,6 +335,49 @@ RESET ROLE;});
 		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP ROLE regress_idem_decoy});
 	};
 	$node->safe_psql('postgres', 'DROP ROLE regress_idem_payments');
+}
+
+# 0.3.0 takes idem_sweep from PUBLIC (docs/security.md): an update does so
+# too, a grant made to a role before it stays, and both survive pg_dump and
+# a restore (which creates the extension at 0.3.0).
+if ($available{'0.2.0'} && $available{'0.3.0'})
+{
+	subtest 'update to 0.3.0 takes idem_sweep from PUBLIC and keeps grants to roles' => sub {
+		my $sweep_acl = q{
+SELECT format('public=%s ops=%s app=%s',
+              has_function_privilege('public', 'idem_sweep(int)', 'EXECUTE'),
+              has_function_privilege('regress_idem_ops', 'idem_sweep(int)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_sweep(int)', 'EXECUTE'))};
+		my $db = 'acl_sweep';
+		$node->safe_psql('postgres', qq{
+CREATE ROLE regress_idem_ops; CREATE ROLE regress_idem_app; CREATE DATABASE $db});
+		$node->safe_psql($db, q{
+CREATE EXTENSION idempotency VERSION '0.2.0';
+GRANT EXECUTE ON FUNCTION idem_sweep(int) TO regress_idem_ops;});
+		is($node->safe_psql($db, $sweep_acl), 'public=t ops=t app=t',
+			'at 0.2.0 PUBLIC may sweep');
+		$node->safe_psql($db, q{ALTER EXTENSION idempotency UPDATE TO '0.3.0'});
+		is($node->safe_psql($db, $sweep_acl), 'public=f ops=t app=f',
+			'after the update only the granted role may');
+		my ($ret, $out, $err) = $node->psql($db,
+			'SET ROLE regress_idem_app; SELECT idem_sweep()');
+		like($err, qr/permission denied for function idem_sweep/,
+			'an application role gets 42501');
+		is($node->safe_psql($db, 'SET ROLE regress_idem_ops; SELECT idem_sweep()'), '0',
+			'the granted role sweeps');
+
+		my $dump = $node->basedir . '/acl_sweep.sql';
+		$node->command_ok([ 'pg_dump', '-Fp', '-d', $db, '-f', $dump ], 'pg_dump');
+		$node->safe_psql('postgres', 'CREATE DATABASE acl_sweep_restored');
+		$node->command_ok(
+			[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'acl_sweep_restored', '-f', $dump ],
+			'restore');
+		is($node->safe_psql('acl_sweep_restored', $sweep_acl), 'public=f ops=t app=f',
+			'after pg_dump and a restore too');
+		$node->safe_psql('postgres', qq{
+DROP DATABASE $db; DROP DATABASE acl_sweep_restored;
+DROP ROLE regress_idem_ops; DROP ROLE regress_idem_app});
+	};
 }
 
 cmp_ok($tested, '>', 0, 'at least one version tested');
