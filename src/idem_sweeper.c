@@ -39,6 +39,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
@@ -591,9 +592,6 @@ static const struct
 	{"default_transaction_isolation", "read committed"},
 	{"default_transaction_read_only", "off"},
 	{"default_transaction_deferrable", "off"},
-	{"transaction_isolation", "read committed"},
-	{"transaction_read_only", "off"},
-	{"transaction_deferrable", "off"},
 	{"statement_timeout", "0"},
 	{"lock_timeout", "1s"},
 	{"idle_in_transaction_session_timeout", "0"},
@@ -605,10 +603,20 @@ static const struct
 	{"role", "none"},
 };
 
-/* Override what the database and role settings set (see pinned_settings). */
+/*
+ * Override what the database and role settings set (see pinned_settings),
+ * in a transaction of its own, since checking a role name reads the
+ * catalogs.  A database owner can also set session_authorization, which
+ * would make the worker's session that of another role: it is set back to
+ * the bootstrap superuser first, then role to none.
+ */
 static void
 PinWorkerSettings(void)
 {
+	StartTransactionCommand();
+	SetConfigOption("session_authorization",
+					GetUserNameFromId(BOOTSTRAP_SUPERUSERID, false),
+					PGC_SUSET, PGC_S_OVERRIDE);
 	for (int i = 0; i < lengthof(pinned_settings); i++)
 	{
 		if (GetConfigOption(pinned_settings[i].name, true, false) == NULL)
@@ -616,6 +624,7 @@ PinWorkerSettings(void)
 		SetConfigOption(pinned_settings[i].name, pinned_settings[i].value,
 						PGC_SUSET, PGC_S_OVERRIDE);
 	}
+	CommitTransactionCommand();
 }
 
 /*
