@@ -104,7 +104,7 @@ IdemGucInit(void)
 							"recorded as failed; other databases are not held up by it.",
 							&idem_sweep_worker_timeout_ms,
 							60 * 1000,
-							1000,
+							100,
 							60 * 60 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,

@@ -51,6 +51,8 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -407,6 +409,50 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	return report.finished && report.more && error[0] == '\0';
 }
 
+/*
+ * Would a connection to the database get its lock at once?  Connecting
+ * takes a lock on the database that ALTER DATABASE ... RENAME (which its
+ * owner may run inside a transaction and keep open) and DROP DATABASE
+ * conflict with, and waits for it without any timeout; a worker started
+ * then would hold its place until idempotency.sweep_worker_timeout.  Asked
+ * without waiting, in a transaction of the launcher's own.
+ */
+static bool
+DatabaseLockFree(Oid dboid)
+{
+	LOCKTAG		tag;
+	bool		free;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dboid, 0);
+	StartTransactionCommand();
+	free = LockAcquire(&tag, RowExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+	CommitTransactionCommand();
+	return free;
+}
+
+/* Record that a pass skipped a database whose lock was taken. */
+static void
+SkipLockedDatabase(SweepTarget *target)
+{
+	const char *error = "skipped: another transaction holds a lock on the database "
+	"(ALTER DATABASE or DROP DATABASE)";
+	SweepStatus *s;
+
+	ereport(LOG,
+			(errmsg("idempotency sweeper: pass over database \"%s\" failed: %s",
+					NameStr(target->datname), error)));
+	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+	s = StatusSlot(target->dboid, false);
+	if (s != NULL)
+	{
+		s->last_start = GetCurrentTimestamp();
+		s->last_duration_us = 0;
+		s->keys_removed = 0;
+		CopyMessage(s->last_error, error);
+	}
+	LWLockRelease(sweeper_shared->lock);
+}
+
 /* Reload the configuration if a SIGHUP came in. */
 static void
 ReloadIfPending(void)
@@ -431,7 +477,9 @@ SweepAllDatabases(void)
 												   "idempotency sweeper pass",
 												   ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(pass_cxt);
+	TimestampTz pass_start = GetCurrentTimestamp();
 	List	   *queue = ListSweepTargets();
+	int			ndatabases = list_length(queue);
 	int			next = 0;
 	RunningWorker running[IDEM_MAX_SWEEP_WORKERS];
 	int			nrunning = 0;
@@ -455,13 +503,22 @@ SweepAllDatabases(void)
 		for (int i = 0; i < idem_sweep_workers && !stopping && !out_of_slots &&
 			 next < list_length(queue); i++)
 		{
+			SweepTarget *target = list_nth(queue, next);
+
 			if (running[i].handle != NULL)
 				continue;
-			if (!StartWorker(list_nth(queue, next), i, &running[i]))
+			if (!DatabaseLockFree(target->dboid))
+			{
+				SkipLockedDatabase(target);
+				next++;
+				i--;			/* the place is still free */
+				continue;
+			}
+			if (!StartWorker(target, i, &running[i]))
 			{
 				ereport(LOG,
 						(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
-								NameStr(((SweepTarget *) list_nth(queue, next))->datname)),
+								NameStr(target->datname)),
 						 errhint("Raise max_worker_processes; the sweeper will try again at its next pass.")));
 				out_of_slots = true;
 				break;
@@ -515,6 +572,12 @@ SweepAllDatabases(void)
 		ResetLatch(MyLatch);
 	}
 
+	/* for bench/databases.sh and anyone tuning sweep_workers */
+	ereport(DEBUG1,
+			(errmsg_internal("idempotency sweeper: pass over %d databases took %ld ms with %d workers (%d worker runs)",
+							 ndatabases,
+							 TimestampDifferenceMilliseconds(pass_start, GetCurrentTimestamp()),
+							 idem_sweep_workers, next)));
 	if (no_slot > 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -547,9 +610,13 @@ idem_sweeper_launcher_main(Datum main_arg)
 	{
 		TimestampTz now;
 		long		wait_ms;
+		bool		was_enabled = idem_sweeper_enabled;
 
 		CHECK_FOR_INTERRUPTS();
 		ReloadIfPending();
+		/* switched on: a pass at once, not after a whole interval */
+		if (idem_sweeper_enabled && !was_enabled)
+			next_pass = GetCurrentTimestamp();
 
 		now = GetCurrentTimestamp();
 		if (now >= next_pass)
@@ -600,23 +667,19 @@ static const struct
 	{"exit_on_error", "off"},
 	{"session_replication_role", "origin"},
 	{"synchronous_commit", "local"},
-	{"role", "none"},
 };
 
 /*
  * Override what the database and role settings set (see pinned_settings),
  * in a transaction of its own, since checking a role name reads the
- * catalogs.  A database owner can also set session_authorization, which
- * would make the worker's session that of another role: it is set back to
- * the bootstrap superuser first, then role to none.
+ * catalogs.  A database owner can also set session_authorization and role,
+ * which would make the worker's session another role's: they are set back
+ * to the bootstrap superuser and none.
  */
 static void
 PinWorkerSettings(void)
 {
 	StartTransactionCommand();
-	SetConfigOption("session_authorization",
-					GetUserNameFromId(BOOTSTRAP_SUPERUSERID, false),
-					PGC_SUSET, PGC_S_OVERRIDE);
 	for (int i = 0; i < lengthof(pinned_settings); i++)
 	{
 		if (GetConfigOption(pinned_settings[i].name, true, false) == NULL)
@@ -624,6 +687,11 @@ PinWorkerSettings(void)
 		SetConfigOption(pinned_settings[i].name, pinned_settings[i].value,
 						PGC_SUSET, PGC_S_OVERRIDE);
 	}
+	/* after lock_timeout (the look-up reads pg_authid), before role */
+	SetConfigOption("session_authorization",
+					GetUserNameFromId(BOOTSTRAP_SUPERUSERID, false),
+					PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("role", "none", PGC_SUSET, PGC_S_OVERRIDE);
 	CommitTransactionCommand();
 }
 
