@@ -309,6 +309,26 @@ subtest 'a database owner\'s transaction settings and an open SERIALIZABLE trans
 	$_->quit for @stall;
 };
 
+subtest 'a database owner\'s open ALTER DATABASE ... RENAME holds up no worker' => sub {
+	# connecting to a database waits, with no timeout, for the lock that
+	# ALTER DATABASE ... RENAME holds until its transaction ends
+	my $renamer = $node->background_psql('postgres', on_error_stop => 1,
+		extra_params => [ '-U', 'regress_attacker' ]);
+	$renamer->query_safe('BEGIN');
+	$renamer->query_safe('ALTER DATABASE tenant RENAME TO tenant_renamed');
+	ok(poll('victim', q{SELECT last_error LIKE 'skipped: another transaction holds a lock on the database%'
+		FROM idem_sweeper_status WHERE datname = 'tenant'}, 't'),
+		'the locked database is skipped, and its status says why');
+	ok(swept_soon('victim', 'r-'), 'victim is swept meanwhile');
+	is(su_psql('victim', q{SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+		WHERE a.backend_type LIKE 'idempotency sweeper%' AND NOT l.granted}), '0',
+		'no sweeper process waits on a lock');
+	$renamer->query_safe('ROLLBACK');
+	$renamer->quit;
+	ok(poll('victim', q{SELECT last_error IS NULL FROM idem_sweeper_status WHERE datname = 'tenant'}, 't'),
+		'once the transaction ends the database is swept again');
+};
+
 subtest 'idem_sweep() and a worker batch over 10^6 expired keys use bounded memory' => sub {
 	my $N = 1_000_000;
 	su_psql('victim', q{ALTER SYSTEM SET idempotency.sweeper = off; SELECT pg_reload_conf()});
