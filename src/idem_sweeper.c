@@ -438,9 +438,10 @@ SkipLockedDatabase(SweepTarget *target)
 	"(ALTER DATABASE or DROP DATABASE)";
 	SweepStatus *s;
 
-	ereport(LOG,
-			(errmsg("idempotency sweeper: pass over database \"%s\" failed: %s",
-					NameStr(target->datname), error)));
+	/* not LOG: every DROP DATABASE would be reported; the status says it */
+	ereport(DEBUG1,
+			(errmsg_internal("idempotency sweeper: database \"%s\" %s",
+							 NameStr(target->datname), error)));
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
 	s = StatusSlot(target->dboid, false);
 	if (s != NULL)
