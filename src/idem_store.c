@@ -21,6 +21,7 @@
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/itup.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -286,8 +287,9 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 			len--;
 		}
 		if (len != IDEM_FINGERPRINT_LEN)
-			elog(ERROR, "stored fingerprint has %d bytes, expected %d",
-				 (int) VARSIZE_ANY_EXHDR(fp), IDEM_FINGERPRINT_LEN + 1);
+			elog(ERROR, "stored fingerprint has %d bytes, expected %d (or %d before 0.3.0)",
+				 (int) VARSIZE_ANY_EXHDR(fp), IDEM_FINGERPRINT_LEN + 1,
+				 IDEM_FINGERPRINT_LEN);
 		memcpy(rec->fingerprint.bytes, data, IDEM_FINGERPRINT_LEN);
 	}
 
@@ -597,20 +599,24 @@ KeyHeldByOthers(TupleTableSlot *slot)
 /*
  * Delete up to batch records whose expires_at <= now, walking the expiry
  * index in order.  A row that another transaction is deleting, has begun
- * again or has changed since our snapshot is skipped, never waited for.  Rows that
- * are not yet committed are not visible to the snapshot and so are never
- * touched.
+ * again or has changed since our snapshot is skipped, never waited for.
+ * Rows that are not yet committed are not visible to the snapshot and so
+ * are never touched.
  *
- * With resume_from, the walk starts at *resume_from and *resume_from is
- * advanced to the last expires_at visited: a caller running batch after
- * batch then does not walk again over the index entries of rows it already
- * deleted, which, while some old snapshot keeps them from being marked
- * dead, would make a pass quadratic in the backlog.  Rows skipped below the
- * resume point are left for the next pass.
+ * With resume, the walk starts after the position in *resume and leaves
+ * *resume at the last entry visited: a caller running batch after batch
+ * (and worker after worker) then never walks again over the index entries
+ * of rows it already deleted, which, while some old snapshot keeps them
+ * from being marked dead, would make a pass quadratic in the backlog.  The
+ * index key (from the index tuple) and the TID decide, before any heap
+ * access, whether an entry was already visited, so even a million rows
+ * expiring at the same moment (one transaction's keys) are walked once.
+ * Rows skipped below the resume point are left for a later walk from the
+ * start.
  */
 static int64
 SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
-			   TimestampTz *resume_from)
+			   IdemSweepPosition *resume)
 {
 	ScanKeyData skeys[2];
 	int			nkeys = 1;
@@ -623,10 +629,10 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 	ScanKeyEntryInitialize(&skeys[0], 0, 1, BTLessEqualStrategyNumber,
 						   InvalidOid, InvalidOid, F_TIMESTAMP_LE,
 						   TimestampTzGetDatum(now));
-	if (resume_from != NULL && *resume_from != DT_NOBEGIN)
+	if (resume != NULL && resume->valid)
 		ScanKeyEntryInitialize(&skeys[nkeys++], 0, 1, BTGreaterEqualStrategyNumber,
 							   InvalidOid, InvalidOid, F_TIMESTAMP_GE,
-							   TimestampTzGetDatum(*resume_from));
+							   TimestampTzGetDatum(resume->expires_at));
 
 	/*
 	 * What one row's checks allocate (GetLockConflicts() takes
@@ -638,29 +644,47 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 									ALLOCSET_SMALL_SIZES);
 
 	scan = index_beginscan(store->heap, store->expiry, snapshot, nkeys, 0);
+	scan->xs_want_itup = (resume != NULL);
 	index_rescan(scan, skeys, nkeys, NULL, 0);
 
-	while (deleted < batch &&
-		   index_getnext_slot(scan, ForwardScanDirection, store->slot))
+	/* index_getnext_slot(), with a look at each entry before its heap fetch */
+	while (deleted < batch)
 	{
 		MemoryContext old_cxt;
 		bool		held;
 
 		CHECK_FOR_INTERRUPTS();
+		if (!scan->xs_heap_continue)
+		{
+			ItemPointer tid = index_getnext_tid(scan, ForwardScanDirection);
+
+			if (tid == NULL)
+				break;
+			if (resume != NULL)
+			{
+				bool		isnull;
+				TimestampTz key;
+
+				key = DatumGetTimestampTz(index_getattr(scan->xs_itup, 1,
+														scan->xs_itupdesc,
+														&isnull));
+				if (resume->valid && key == resume->expires_at &&
+					ItemPointerCompare(tid, &resume->tid) <= 0)
+					continue;	/* visited by an earlier batch */
+				resume->valid = true;
+				resume->expires_at = key;
+				resume->tid = *tid;
+			}
+		}
+		if (!index_fetch_heap(scan, store->slot))
+			continue;
+
 		old_cxt = MemoryContextSwitchTo(row_cxt);
 		held = KeyHeldByOthers(store->slot);
 		MemoryContextSwitchTo(old_cxt);
 		MemoryContextReset(row_cxt);
 		if (!held && IdemStoreDelete(store, &store->slot->tts_tid, false))
 			deleted++;
-		if (resume_from != NULL)
-		{
-			bool		isnull;
-
-			*resume_from = DatumGetTimestampTz(slot_getattr(store->slot,
-															Anum_expires_at,
-															&isnull));
-		}
 	}
 
 	index_endscan(scan);
@@ -676,7 +700,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
  */
 int64
 IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
-			   TimestampTz *resume_from)
+			   IdemSweepPosition *resume)
 {
 	IdemStore	store;
 	int64		deleted;
@@ -688,7 +712,7 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)))
 		return 0;
 	IdemStoreOpen(&store, oids, true, true);
-	deleted = SweepOpenStore(&store, batch, now, resume_from);
+	deleted = SweepOpenStore(&store, batch, now, resume);
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_KEYS_SWEPT, deleted);
 	return deleted;

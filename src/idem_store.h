@@ -84,6 +84,19 @@ typedef struct IdemStoreOids
 	Oid			leases;			/* InvalidOid before version 0.2.0 */
 } IdemStoreOids;
 
+/*
+ * Where a sweep stopped in the expiry index: the key and heap TID of the
+ * last entry it visited (btree keeps equal keys in TID order).  A sweep
+ * that resumes from it visits no entry at or before it again, not even
+ * those that many rows expiring at the same moment share.
+ */
+typedef struct IdemSweepPosition
+{
+	bool		valid;			/* false: from the start */
+	TimestampTz expires_at;
+	ItemPointerData tid;
+} IdemSweepPosition;
+
 /* The store, opened for one call. */
 typedef struct IdemStore
 {
@@ -111,6 +124,6 @@ extern bool IdemStoreUpdate(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
-							TimestampTz now, TimestampTz *resume_from);
+							TimestampTz now, IdemSweepPosition *resume);
 
 #endif							/* IDEM_STORE_H */

@@ -83,13 +83,20 @@ typedef struct SweepStatus
 	char		last_error[SWEEPER_ERROR_LEN];	/* "" if none */
 } SweepStatus;
 
-/* What one worker tells the launcher; written by the worker only. */
+/*
+ * What one worker tells the launcher.  The launcher clears it and sets the
+ * generation before starting the worker; the worker writes it only while
+ * the generation is still its own, so that a worker outliving a launcher
+ * that died cannot write into a report a new launcher has handed on.
+ */
 typedef struct WorkerReport
 {
+	uint64		generation;
 	bool		finished;		/* the worker got to its end */
 	bool		installed;		/* the extension is there */
 	bool		more;			/* it stopped before the end of the backlog */
 	int64		keys_removed;	/* in committed batches, kept up to date */
+	IdemSweepPosition resume;	/* where it stopped, if more */
 	char		error[SWEEPER_ERROR_LEN];	/* "" if none */
 } WorkerReport;
 
@@ -97,19 +104,28 @@ typedef struct SweeperShared
 {
 	LWLock	   *lock;
 	int			ndbs;			/* idempotency.max_databases at start */
+	uint64		generation;		/* of the last report handed out */
 	WorkerReport reports[IDEM_MAX_SWEEP_WORKERS];
 	SweepStatus dbs[FLEXIBLE_ARRAY_MEMBER];
 } SweeperShared;
 
-/* A database to visit, and its pass so far. */
+/* A database to visit in this pass. */
 typedef struct SweepTarget
 {
 	Oid			dboid;
 	NameData	datname;
-	TimestampTz pass_start;		/* 0 until its first worker starts */
-	int64		duration_us;
-	int64		keys_removed;
 } SweepTarget;
+
+/*
+ * Where the last worker in a database with a backlog stopped, kept by the
+ * launcher (in launcher_cxt) from one pass to the next and dropped when a
+ * worker gets to the end of the backlog.
+ */
+typedef struct ResumeEntry
+{
+	Oid			dboid;			/* hash key */
+	IdemSweepPosition resume;
+} ResumeEntry;
 
 /* A worker the launcher is waiting for. */
 typedef struct RunningWorker
@@ -124,9 +140,14 @@ typedef struct RunningWorker
 typedef struct WorkerArgs
 {
 	int			report_slot;
+	uint64		generation;
+	IdemSweepPosition resume;	/* where to start; invalid: from the start */
 } WorkerArgs;
 
+StaticAssertDecl(sizeof(WorkerArgs) <= BGW_EXTRALEN, "WorkerArgs must fit in bgw_extra");
+
 static SweeperShared *sweeper_shared = NULL;
+static HTAB *resume_points = NULL;	/* the launcher's ResumeEntry table */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -269,6 +290,7 @@ ListSweepTargets(void)
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);	/* commit leaves TopMemoryContext */
 	return targets;
 }
 
@@ -302,6 +324,19 @@ ForgetMissingDatabases(List *targets)
 			s->dboid = InvalidOid;
 	}
 	LWLockRelease(sweeper_shared->lock);
+
+	if (resume_points != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		ResumeEntry *entry;
+
+		hash_seq_init(&seq, resume_points);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+		{
+			if (hash_search(present, &entry->dboid, HASH_FIND, NULL) == NULL)
+				(void) hash_search(resume_points, &entry->dboid, HASH_REMOVE, NULL);
+		}
+	}
 	hash_destroy(present);
 }
 
@@ -314,6 +349,7 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 {
 	BackgroundWorker worker;
 	WorkerArgs	args;
+	ResumeEntry *entry;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -325,13 +361,19 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 			 NameStr(target->datname));
 	snprintf(worker.bgw_type, BGW_MAXLEN, "idempotency sweeper");
 	worker.bgw_main_arg = ObjectIdGetDatum(target->dboid);
-	args.report_slot = i;
-	memcpy(worker.bgw_extra, &args, sizeof(args));
 	worker.bgw_notify_pid = MyProcPid;
+	memset(&args, 0, sizeof(args));
+	args.report_slot = i;
+	entry = hash_search(resume_points, &target->dboid, HASH_FIND, NULL);
+	if (entry != NULL)
+		args.resume = entry->resume;
 
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
 	memset(&sweeper_shared->reports[i], 0, sizeof(WorkerReport));
+	args.generation = ++sweeper_shared->generation;
+	sweeper_shared->reports[i].generation = args.generation;
 	LWLockRelease(sweeper_shared->lock);
+	memcpy(worker.bgw_extra, &args, sizeof(args));
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &running->handle))
 	{
@@ -341,16 +383,14 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	running->target = target;
 	running->started = GetCurrentTimestamp();
 	running->terminated = false;
-	if (target->pass_start == 0)
-		target->pass_start = running->started;
 	return true;
 }
 
 /*
- * A worker has exited: add its report to its database's pass and publish
- * the pass in the status table.  Returns true when the database has more
- * to sweep.  *no_slot counts databases with the extension that found no
- * free status slot.
+ * A worker has exited: publish its visit in the status table, and keep or
+ * drop its database's resume point.  Returns true when the database has
+ * more to sweep.  *no_slot counts databases with the extension that found
+ * no free status slot.
  */
 static bool
 HarvestWorker(RunningWorker *running, int i, int *no_slot)
@@ -359,13 +399,12 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	WorkerReport report;
 	SweepStatus *s;
 	char		error[SWEEPER_ERROR_LEN];
+	bool		more;
 
 	LWLockAcquire(sweeper_shared->lock, LW_SHARED);
 	report = sweeper_shared->reports[i];
 	LWLockRelease(sweeper_shared->lock);
 
-	target->keys_removed += report.keys_removed;
-	target->duration_us += GetCurrentTimestamp() - running->started;
 	error[0] = '\0';
 	if (running->terminated)
 	{
@@ -391,22 +430,38 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
 	s = StatusSlot(target->dboid, report.installed);
-	if (s != NULL && report.finished && !report.installed)
+	if (s != NULL && report.finished && !report.installed && error[0] == '\0')
 		s->dboid = InvalidOid;	/* the extension is not (or no longer) there */
 	else if (s != NULL)
 	{
 		s->datname = target->datname;
-		s->last_start = target->pass_start;
-		s->keys_removed = target->keys_removed;
-		s->last_duration_us = target->duration_us;
+		s->last_start = running->started;
+		s->keys_removed = report.keys_removed;
+		s->last_duration_us = GetCurrentTimestamp() - running->started;
 		CopyMessage(s->last_error, error);
 	}
 	else if (report.installed)
 		(*no_slot)++;
 	LWLockRelease(sweeper_shared->lock);
 
+	/*
+	 * A database with more to do resumes where this worker stopped, in the
+	 * next pass; one that got to the end (or failed) starts from the
+	 * beginning next time, so that rows skipped on the way are seen again.
+	 */
+	more = report.finished && report.more && error[0] == '\0';
+	if (more && report.resume.valid)
+	{
+		ResumeEntry *entry = hash_search(resume_points, &target->dboid,
+										 HASH_ENTER, NULL);
+
+		entry->resume = report.resume;
+	}
+	else
+		(void) hash_search(resume_points, &target->dboid, HASH_REMOVE, NULL);
+
 	running->handle = NULL;
-	return report.finished && report.more && error[0] == '\0';
+	return more;
 }
 
 /*
@@ -422,11 +477,13 @@ DatabaseLockFree(Oid dboid)
 {
 	LOCKTAG		tag;
 	bool		free;
+	MemoryContext caller_cxt = CurrentMemoryContext;
 
 	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dboid, 0);
 	StartTransactionCommand();
 	free = LockAcquire(&tag, RowExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);	/* commit leaves TopMemoryContext */
 	return free;
 }
 
@@ -465,13 +522,22 @@ ReloadIfPending(void)
 	}
 }
 
+/* How long to wait before trying again when no worker slot was free. */
+#define NO_SLOT_RETRY_MS		1000
+
 /*
- * One pass: every database, until each has no expired keys left, with up
- * to idempotency.sweep_workers workers at once.  A database with more to do
- * after a worker's second of work is queued again at the end.  A worker
- * past its timeout is terminated; the others go on meanwhile.
+ * One pass: every database once, with up to idempotency.sweep_workers
+ * workers at a time.  A worker past its timeout is terminated; the others go
+ * on meanwhile.  Returns true when some database had more to sweep after
+ * its worker's second of work: the caller then starts the next pass at once,
+ * in which that database resumes where it stopped, so a backlog is worked
+ * off in turns while every other database keeps its turn in every pass.
+ *
+ * When no background worker slot is free (max_worker_processes taken by
+ * parallel queries or other extensions), the pass waits and tries again
+ * every second rather than giving up until the next interval.
  */
-static void
+static bool
 SweepAllDatabases(void)
 {
 	MemoryContext pass_cxt = AllocSetContextCreate(CurrentMemoryContext,
@@ -482,9 +548,12 @@ SweepAllDatabases(void)
 	List	   *queue = ListSweepTargets();
 	int			ndatabases = list_length(queue);
 	int			next = 0;
+	int			started = 0;
 	RunningWorker running[IDEM_MAX_SWEEP_WORKERS];
 	int			nrunning = 0;
-	bool		out_of_slots = false;
+	TimestampTz no_slot_until = 0;
+	bool		said_no_slot = false;
+	bool		backlog = false;
 	int			no_slot = 0;
 
 	memset(running, 0, sizeof(running));
@@ -499,10 +568,11 @@ SweepAllDatabases(void)
 		CHECK_FOR_INTERRUPTS();
 		ReloadIfPending();
 		stopping = !idem_sweeper_enabled || RecoveryInProgress();
+		now = GetCurrentTimestamp();
 
 		/* start workers while there are places and databases */
-		for (int i = 0; i < idem_sweep_workers && !stopping && !out_of_slots &&
-			 next < list_length(queue); i++)
+		for (int i = 0; i < idem_sweep_workers && !stopping && now >= no_slot_until &&
+			 next < ndatabases; i++)
 		{
 			SweepTarget *target = list_nth(queue, next);
 
@@ -517,21 +587,25 @@ SweepAllDatabases(void)
 			}
 			if (!StartWorker(target, i, &running[i]))
 			{
-				ereport(LOG,
-						(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
-								NameStr(target->datname)),
-						 errhint("Raise max_worker_processes; the sweeper will try again at its next pass.")));
-				out_of_slots = true;
+				if (!said_no_slot)
+					ereport(LOG,
+							(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
+									NameStr(target->datname)),
+							 errdetail("All of max_worker_processes (%d) are in use.",
+									   max_worker_processes),
+							 errhint("Keep max_parallel_workers and other extensions' workers below max_worker_processes by at least idempotency.sweep_workers + 1; the sweeper tries again every second.")));
+				said_no_slot = true;
+				no_slot_until = TimestampTzPlusMilliseconds(now, NO_SLOT_RETRY_MS);
 				break;
 			}
 			next++;
+			started++;
 			nrunning++;
 		}
-		if (nrunning == 0)
+		if (nrunning == 0 && (stopping || next >= ndatabases))
 			break;
 
 		/* collect the workers that are done; stop those out of time */
-		now = GetCurrentTimestamp();
 		for (int i = 0; i < IDEM_MAX_SWEEP_WORKERS; i++)
 		{
 			pid_t		pid;
@@ -545,11 +619,9 @@ SweepAllDatabases(void)
 				proc_exit(1);
 			if (status == BGWH_STOPPED)
 			{
-				SweepTarget *target = running[i].target;
-
 				pfree(running[i].handle);
-				if (HarvestWorker(&running[i], i, &no_slot) && !stopping)
-					queue = lappend(queue, target);
+				if (HarvestWorker(&running[i], i, &no_slot))
+					backlog = true;
 				nrunning--;
 				harvested = true;
 				continue;
@@ -566,6 +638,8 @@ SweepAllDatabases(void)
 		}
 		if (harvested)
 			continue;
+		if (no_slot_until > now && next < ndatabases)
+			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, no_slot_until));
 
 		/* a worker's start or exit sets our latch (bgw_notify_pid) */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -578,7 +652,7 @@ SweepAllDatabases(void)
 			(errmsg_internal("idempotency sweeper: pass over %d databases took %ld ms with %d workers (%d worker runs)",
 							 ndatabases,
 							 TimestampDifferenceMilliseconds(pass_start, GetCurrentTimestamp()),
-							 idem_sweep_workers, next)));
+							 idem_sweep_workers, started)));
 	if (no_slot > 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -589,6 +663,7 @@ SweepAllDatabases(void)
 				 errhint("Raise idempotency.max_databases and restart the server.")));
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(pass_cxt);
+	return backlog;
 }
 
 /*
@@ -606,6 +681,16 @@ idem_sweeper_launcher_main(Datum main_arg)
 	/* no database: enough to read pg_database, and never blocks DROP DATABASE */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ResumeEntry);
+		resume_points = hash_create("idempotency sweeper resume points", 64, &ctl,
+									HASH_ELEM | HASH_BLOBS);
+	}
+
 	next_pass = GetCurrentTimestamp();
 	for (;;)
 	{
@@ -622,10 +707,14 @@ idem_sweeper_launcher_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (now >= next_pass)
 		{
+			bool		backlog = false;
+
 			if (idem_sweeper_enabled && !RecoveryInProgress())
-				SweepAllDatabases();
-			next_pass = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													idem_sweep_interval_ms);
+				backlog = SweepAllDatabases();
+			/* a backlog is worked off in passes one after the other */
+			next_pass = backlog ? GetCurrentTimestamp() :
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											idem_sweep_interval_ms);
 			continue;
 		}
 
@@ -696,20 +785,42 @@ PinWorkerSettings(void)
 	CommitTransactionCommand();
 }
 
+/* The worker's arguments, and its report as it stands (written to shared memory by PublishReport). */
+static WorkerArgs worker_args;
+static WorkerReport worker_report;
+
 /*
- * Sweep this database in transactions of one batch each, for about a
- * second, keeping the report's count of removed keys current after each
- * committed batch (a worker terminated for its timeout still counts what
- * it did).  Sets report->installed and report->more.
+ * Copy the worker's report into its slot, unless the slot has been handed
+ * to another worker since (a new launcher after the one that started us
+ * died).
  */
 static void
-SweepThisDatabase(WorkerReport *report)
+PublishReport(void)
+{
+	WorkerReport *slot = &sweeper_shared->reports[worker_args.report_slot];
+
+	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
+	if (slot->generation == worker_args.generation)
+	{
+		*slot = worker_report;
+		slot->generation = worker_args.generation;
+	}
+	LWLockRelease(sweeper_shared->lock);
+}
+
+/*
+ * Sweep this database in transactions of one batch each, for about a
+ * second, from where the last worker here stopped, publishing the report
+ * after each committed batch (a worker terminated for its timeout still
+ * counts what it did).  Sets worker_report's installed, more and resume.
+ */
+static void
+SweepThisDatabase(void)
 {
 	TimestampTz start = GetCurrentTimestamp();
-	TimestampTz resume_from = DT_NOBEGIN;
 	IdemStoreOids oids;
-	bool		installed = false;
 
+	worker_report.resume = worker_args.resume;
 	for (;;)
 	{
 		int64		deleted = 0;
@@ -721,30 +832,27 @@ SweepThisDatabase(WorkerReport *report)
 		pgstat_report_activity(STATE_RUNNING, "idempotency sweep");
 
 		/* only a committed, fully created extension is visible here */
-		if (!installed)
-			installed = IdemStoreResolveInstalled(&oids);
-		if (installed)
+		if (!worker_report.installed)
+			worker_report.installed = IdemStoreResolveInstalled(&oids);
+		if (worker_report.installed)
 			deleted = IdemStoreSweep(&oids, batch,
 									 GetCurrentTransactionStartTimestamp(),
-									 &resume_from);
+									 &worker_report.resume);
 
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-		report->installed = installed;
-		report->keys_removed += deleted;
-		LWLockRelease(sweeper_shared->lock);
-
-		if (!installed || deleted < batch)
+		worker_report.keys_removed += deleted;
+		if (!worker_report.installed || deleted < batch)
 			break;
 		if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WORKER_TIME_BUDGET_MS))
 		{
-			report->more = true;
+			worker_report.more = true;
 			break;
 		}
+		PublishReport();
 		CHECK_FOR_INTERRUPTS();
 	}
 }
@@ -756,15 +864,13 @@ void
 idem_sweeper_worker_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
-	WorkerArgs	args;
-	WorkerReport *report;
 	MemoryContext cxt;
 	char	   *datname;
 
-	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
-	if (args.report_slot < 0 || args.report_slot >= IDEM_MAX_SWEEP_WORKERS)
-		elog(FATAL, "idempotency sweeper: bad report slot %d", args.report_slot);
-	report = &sweeper_shared->reports[args.report_slot];
+	memcpy(&worker_args, MyBgworkerEntry->bgw_extra, sizeof(worker_args));
+	if (worker_args.report_slot < 0 || worker_args.report_slot >= IDEM_MAX_SWEEP_WORKERS)
+		elog(FATAL, "idempotency sweeper: bad report slot %d", worker_args.report_slot);
+	memset(&worker_report, 0, sizeof(worker_report));
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -781,7 +887,7 @@ idem_sweeper_worker_main(Datum main_arg)
 	cxt = CurrentMemoryContext;
 	PG_TRY();
 	{
-		SweepThisDatabase(report);
+		SweepThisDatabase();
 	}
 	PG_CATCH();
 	{
@@ -795,17 +901,13 @@ idem_sweeper_worker_main(Datum main_arg)
 		ereport(LOG,
 				(errmsg("idempotency sweeper: pass over database \"%s\" failed: %s",
 						datname, edata->message)));
-		LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-		report->installed = true;
-		CopyMessage(report->error, edata->message);
-		LWLockRelease(sweeper_shared->lock);
+		CopyMessage(worker_report.error, edata->message);
+		worker_report.more = false;
 	}
 	PG_END_TRY();
 
-	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
-	report->finished = true;
-	LWLockRelease(sweeper_shared->lock);
-
+	worker_report.finished = true;
+	PublishReport();
 	proc_exit(0);
 }
 
