@@ -162,22 +162,30 @@ IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
  */
 #define IDEM_MAX_INTERVAL_YEARS 1000
 
+/* Has any part of the interval more than IDEM_MAX_INTERVAL_YEARS? */
+bool
+IdemIntervalTooLong(const Interval *value)
+{
+	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
+
+	return Abs((int64) value->month) > (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR ||
+		Abs((int64) value->day) > max_days ||
+		value->time > max_days * USECS_PER_DAY ||
+		value->time < -max_days * USECS_PER_DAY;
+}
+
 /* now + value, which must be positive, not too long, and land after now. */
 TimestampTz
 IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 {
 	Interval	zero;
 	TimestampTz result;
-	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
 
 	memset(&zero, 0, sizeof(zero));
 	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
 										  IntervalPGetDatum(&zero))))
 		RejectInterval(what, value);
-	if (Abs((int64) value->month) > (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR ||
-		Abs((int64) value->day) > max_days ||
-		value->time > max_days * USECS_PER_DAY ||
-		value->time < -max_days * USECS_PER_DAY)
+	if (IdemIntervalTooLong(value))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s is too long", what),

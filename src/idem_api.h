@@ -27,6 +27,7 @@ extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
 						   int scope_argno, IdemKey *key);
 extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
 								 const char *what, TimestampTz now);
+extern bool IdemIntervalTooLong(const Interval *value);
 extern TimestampTz IdemAddInterval(TimestampTz now, Interval *value,
 								   const char *what);
 extern char *IdemKeyName(const IdemKey *key);

@@ -378,9 +378,16 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		RequireLease(&store, &key, token, "checkpoint", now, &rec);
 		rec.phase = phase;
 		rec.phase_state = state;
-		renewed_until = PG_ARGISNULL(5) ?
-			IdemAddInterval(now, &rec.lease_duration, "lease") :
-			IdemAddInterval(now, PG_GETARG_INTERVAL_P(5), "extend");
+		/*
+		 * A lease taken before 0.3.0 may be longer than 0.3.0 accepts; it
+		 * runs to the key's ttl, which caps every lease anyway.
+		 */
+		if (!PG_ARGISNULL(5))
+			renewed_until = IdemAddInterval(now, PG_GETARG_INTERVAL_P(5), "extend");
+		else if (IdemIntervalTooLong(&rec.lease_duration))
+			renewed_until = rec.expires_at;
+		else
+			renewed_until = IdemAddInterval(now, &rec.lease_duration, "lease");
 		rec.lease_expires_at = Min(renewed_until, rec.expires_at);
 	} while (!IdemStoreUpdate(&store, &key, &rec));
 	CommandCounterIncrement();

@@ -62,6 +62,15 @@ SELECT keys_state() AS before_extend \gset
 SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'x', extend => '250000 years')$$, :'t1'));
 SELECT try(format($$SELECT idem_checkpoint('pay-1', %L, 'x', extend => '1000 years 1 mon')$$, :'t1'));
 SELECT keys_state() = :'before_extend' AS unchanged;
+-- a lease taken before 0.3.0 may be longer than 0.3.0 accepts: renewed by
+-- its own length, it runs to the key's ttl (which caps every lease)
+BEGIN;
+SELECT token AS old_token FROM idem_lease('old-lease', ttl => '1 hour', lease => '1 minute') \gset
+COMMIT;
+UPDATE idem_keys SET lease_duration = '5000 years' WHERE key = 'old-lease';
+SELECT idem_checkpoint('old-lease', :'old_token', 'p1') = expires_at AS renewed_to_ttl
+FROM idem_keys WHERE key = 'old-lease';
+SELECT idem_release('old-lease', token => :'old_token');
 
 ------------------------------------------------------------------------
 -- the holder dies; its lease runs out; the next caller resumes

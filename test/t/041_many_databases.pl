@@ -200,4 +200,47 @@ SELECT count(*) FROM idem_sweeper_status WHERE last_error IS NOT NULL}), '0',
 	$node->stop;
 };
 
+subtest 'a backlog in one database is worked off in turns, every other database keeps its turn' => sub {
+	# the backlog shares one expires_at (one transaction's keys) and an old
+	# snapshot keeps its deleted index entries from being marked dead: the
+	# case in which every batch used to walk them all again
+	my $node = new_cluster('backlog', 2,
+		'idempotency.sweep_interval' => "'60s'",
+		'idempotency.sweep_batch_size' => 5000);
+	my $snapshot = $node->background_psql('tenant_1');
+	$snapshot->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$snapshot->query_safe('SELECT count(*) FROM idem_keys');
+	add_expired($node, 'tenant_1', 'backlog-', 2_000_000);
+	set_conf($node, 'idempotency.sweeper' => 'on');
+	for my $round (1 .. 2)
+	{
+		ok(poll($node, 'tpl', q{SELECT count(*) FROM idem_sweeper_status WHERE datname = 'tenant_1'}, '1'),
+			"round $round: tenant_1's backlog is being swept");
+		add_expired($node, 'tenant_2', "while-$round-", 10);
+		ok(poll($node, 'tenant_2', "SELECT count(*) FROM idem_keys WHERE key LIKE 'while-$round-%'", '0', 5),
+			"round $round: tenant_2 is swept within seconds (passes follow one another while a backlog lasts)");
+		isnt(expired_left($node, 'tenant_1', 'backlog-'), '0',
+			"round $round: ... while tenant_1 still has its backlog");
+	}
+	ok(poll($node, 'tenant_1', q{SELECT count(*) FROM idem_keys WHERE key LIKE 'backlog-%'}, '0', 120),
+		'tenant_1\'s backlog is swept in the end');
+	$snapshot->quit;
+	$node->stop;
+};
+
+subtest 'with fewer free worker slots than sweep_workers, a pass still visits every database' => sub {
+	# the launcher, the logical replication launcher and one free slot
+	my $node = new_cluster('slots', 6,
+		max_worker_processes => 3,
+		'idempotency.sweep_interval' => "'60s'");
+	set_conf($node, 'idempotency.sweeper' => 'on');
+	ok(poll($node, 'tpl', q{SELECT count(*) FROM idem_sweeper_status WHERE keys_removed = 1}, '7', 30),
+		'all seven databases are swept in the first pass, one worker at a time');
+	ok($node->log_contains(qr/idempotency sweeper could not start a worker/),
+		'the log says a worker could not be started');
+	my $lines = () = slurp_file($node->logfile) =~ /idempotency sweeper could not start a worker/g;
+	is($lines, 1, 'once per pass, not once per database');
+	$node->stop;
+};
+
 done_testing();
