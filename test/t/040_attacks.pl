@@ -27,6 +27,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use IdemPoll ();
 
 my $SOON = 20;
 
@@ -58,33 +61,20 @@ sub su_psql
 	return $node->safe_psql($db, $sql);
 }
 
-# Run $sql until it prints $expected, or give up after $secs seconds.
+# IdemPoll's poll() and add_expired(), as a superuser who overrides the
+# attacker's database settings.
 sub poll
 {
 	my ($db, $sql, $expected, $secs) = @_;
 	local $ENV{PGOPTIONS} = $SU_OPTIONS;
-	my $deadline = time + ($secs // $SOON);
-	my ($stdout, $stderr) = ('', '');
-	for (;;)
-	{
-		my $ret = $node->psql($db, $sql, stdout => \$stdout, stderr => \$stderr);
-		return 1 if defined $ret && $ret == 0 && $stdout eq $expected;
-		last if time > $deadline;
-		usleep(50_000);
-	}
-	diag "poll timed out on $db: $sql\nexpected: $expected\n"
-	  . "last stdout: $stdout\nlast stderr: $stderr";
-	return 0;
+	return IdemPoll::poll($node, $db, $sql, $expected, $secs // $SOON);
 }
 
-# Insert $n completed keys named $prefix1..$prefixN that expired a day ago.
 sub add_expired
 {
 	my ($db, $prefix, $n) = @_;
-	su_psql($db, qq{
-INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key)
-SELECT now() - interval '2 days', now() - interval '1 day', 200, 'c', '', '$prefix' || g
-FROM generate_series(1, $n) g});
+	local $ENV{PGOPTIONS} = $SU_OPTIONS;
+	IdemPoll::add_expired($node, $db, $prefix, $n);
 	return;
 }
 

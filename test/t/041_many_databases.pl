@@ -18,9 +18,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use IdemPoll;
 
 my $N = $ENV{IDEM_TEST_DATABASES} // 1000;
-my $SOON = 20;
+$IdemPoll::SOON = 20;
 
 # A cluster with the sweeper off, a template database "tpl" with the
 # extension, one expired key and one live key, and $n copies of it named
@@ -58,33 +61,6 @@ sub set_conf
 	$node->safe_psql('postgres',
 		join('', map { "ALTER SYSTEM SET $_ = '$conf{$_}';\n" } sort keys %conf)
 		  . 'SELECT pg_reload_conf();');
-	return;
-}
-
-sub poll
-{
-	my ($node, $db, $sql, $expected, $secs) = @_;
-	my $deadline = time + ($secs // $SOON);
-	my ($stdout, $stderr) = ('', '');
-	for (;;)
-	{
-		my $ret = $node->psql($db, $sql, stdout => \$stdout, stderr => \$stderr);
-		return 1 if defined $ret && $ret == 0 && $stdout eq $expected;
-		last if time > $deadline;
-		usleep(50_000);
-	}
-	diag "poll timed out on $db: $sql\nexpected: $expected\n"
-	  . "last stdout: $stdout\nlast stderr: $stderr";
-	return 0;
-}
-
-sub add_expired
-{
-	my ($node, $db, $prefix, $n) = @_;
-	$node->safe_psql($db, qq{
-INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key)
-SELECT now() - interval '2 days', now() - interval '1 day', 200, 'c', '', '$prefix' || g
-FROM generate_series(1, $n) g});
 	return;
 }
 
