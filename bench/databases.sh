@@ -99,17 +99,6 @@ pass_ms() {	# after_line nth
 	exit 1
 }
 
-set_conf() {	# name value
-	psql_q "ALTER SYSTEM SET $1 = '$2'" >/dev/null
-	psql_q "SELECT pg_reload_conf()" >/dev/null
-	for _ in $(seq 50); do
-		[[ $(psql_q "SHOW $1") == "$2" ]] && return 0
-		sleep 0.1
-	done
-	echo "databases.sh: $1 did not become $2" >&2
-	exit 1
-}
-
 declare -A full idle
 order=($WORKERS)
 for round in $(seq 1 "$ROUNDS"); do
@@ -121,15 +110,15 @@ for round in $(seq 1 "$ROUNDS"); do
 		run=("${order[@]}")
 	fi
 	for w in "${run[@]}"; do
-		set_conf idempotency.sweep_workers "$w"
+		bench_set idempotency.sweep_workers "$w"
 		populate
 		mark=$(wc -l <"$WORK/server.log")
-		set_conf idempotency.sweep_interval 200ms
-		set_conf idempotency.sweeper on
+		bench_set idempotency.sweep_interval 200ms
+		bench_set idempotency.sweeper on
 		f=$(pass_ms "$mark" 1)
 		i=$(pass_ms "$mark" 2)
-		set_conf idempotency.sweeper off
-		set_conf idempotency.sweep_interval 1h
+		bench_set idempotency.sweeper off
+		bench_set idempotency.sweep_interval 1h
 		left=$(psql_db tpl "SELECT count(*) FROM idem_keys")
 		[[ $left == 0 ]] || { echo "databases.sh: tpl still has $left keys after the pass" >&2; exit 1; }
 		full[$w]+="$f "

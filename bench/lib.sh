@@ -11,6 +11,8 @@
 #   ...                          appended to postgresql.conf after the common
 #   EOF                          lines (socket, port, shared_preload_libraries)
 #   psql_q SQL                   one query on database bench, unaligned, -At
+#   bench_set NAME VALUE         ALTER SYSTEM SET + reload; returns once new
+#                                sessions see VALUE (exits after 5 s if not)
 #   bench_bg CMD...              run CMD in the background; it is killed (by
 #                                its pid) on exit; its pid is in BG_PID
 #   bench_bg_done PID [kill]     wait for (or kill, then wait for) such a
@@ -87,6 +89,17 @@ bench_workdir() {	# prefix file...
 
 psql_q() {	# one query, unaligned tuples-only output
 	"${AS_PG[@]}" "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench -c "$1"
+}
+
+bench_set() {	# name value
+	psql_q "ALTER SYSTEM SET $1 = '$2'" >/dev/null
+	psql_q "SELECT pg_reload_conf()" >/dev/null
+	for _ in $(seq 50); do
+		[[ $(psql_q "SHOW $1") == "$2" ]] && return 0
+		sleep 0.1
+	done
+	echo "$PROG: $1 did not become $2" >&2
+	exit 1
 }
 
 bench_start_cluster() {	# extra postgresql.conf lines on stdin

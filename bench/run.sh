@@ -117,14 +117,7 @@ set_config() {
 		sync_commit_on) want=on ;;
 		sync_commit_off) want=off ;;
 	esac
-	psql_q "ALTER SYSTEM SET synchronous_commit = $want" >/dev/null
-	psql_q "SELECT pg_reload_conf()" >/dev/null
-	for _ in $(seq 50); do
-		[[ $(psql_q 'SHOW synchronous_commit') == "$want" ]] && return 0
-		sleep 0.1
-	done
-	echo "run.sh: synchronous_commit did not become $want" >&2
-	exit 1
+	bench_set synchronous_commit "$want"
 }
 
 mkdir -p "$RESULTS_DIR"

@@ -101,15 +101,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR
 # sweeper on|off interval: change by ALTER SYSTEM + reload, wait until new
 # sessions see it (the launcher got the same SIGHUP from the postmaster).
 sweeper() {
-	psql_q "ALTER SYSTEM SET idempotency.sweeper = $1" >/dev/null
-	psql_q "ALTER SYSTEM SET idempotency.sweep_interval = '$2'" >/dev/null
-	psql_q "SELECT pg_reload_conf()" >/dev/null
-	for _ in $(seq 50); do
-		[[ $(psql_q 'SHOW idempotency.sweeper') == "$1" ]] && return 0
-		sleep 0.1
-	done
-	echo "sweeper.sh: idempotency.sweeper did not become $1" >&2
-	exit 1
+	bench_set idempotency.sweep_interval "$2"
+	bench_set idempotency.sweeper "$1"
 }
 
 # load N expired|live: an empty idem_keys gets N completed keys, in
