@@ -273,6 +273,16 @@ SELECT idem_finish('nope', 200);
 SELECT idem_finish('nope', 99);
 \echo :LAST_ERROR_SQLSTATE
 
+-- an index of the store's name that is not an index of the key table is
+-- never opened as the store's (only a superuser can swap one in there; the
+-- squatted idem_keys_leases of a 0.1.0 schema is in test/t/040_attacks.pl)
+BEGIN;
+ALTER INDEX idem_keys_expires_at RENAME TO idem_keys_expires_at_real;
+CREATE TABLE decoy (t timestamptz);
+CREATE INDEX idem_keys_expires_at ON decoy (t);
+SELECT try($$SELECT idem_once('decoy')::text$$);
+ROLLBACK;
+
 SELECT keys_state() = :'s0' AS unchanged;
 DROP FUNCTION try(text);
 DROP FUNCTION keys_state();
