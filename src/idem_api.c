@@ -900,5 +900,5 @@ idem_sweep(PG_FUNCTION_ARGS)
 	PreventCommandIfReadOnly("idem_sweep()");
 
 	PG_RETURN_INT64(IdemStoreSweep(&cache->oids, batch,
-								   GetCurrentTransactionStartTimestamp(), NULL));
+								   GetCurrentTransactionStartTimestamp(), NULL, NULL));
 }

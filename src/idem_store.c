@@ -22,6 +22,7 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/itup.h"
+#include "access/nbtree.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -29,6 +30,7 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
 #include "miscadmin.h"
@@ -603,16 +605,19 @@ KeyHeldByOthers(TupleTableSlot *slot)
  * Rows that are not yet committed are not visible to the snapshot and so
  * are never touched.
  *
- * With resume, the walk starts after the position in *resume and leaves
+ * With resume, the walk starts at the position in *resume and leaves
  * *resume at the last entry visited: a caller running batch after batch
- * (and worker after worker) then never walks again over the index entries
+ * (and worker after worker) then does not walk again over the index entries
  * of rows it already deleted, which, while some old snapshot keeps them
  * from being marked dead, would make a pass quadratic in the backlog.  The
- * index key (from the index tuple) and the TID decide, before any heap
- * access, whether an entry was already visited, so even a million rows
- * expiring at the same moment (one transaction's keys) are walked once.
- * Rows skipped below the resume point are left for a later walk from the
- * start.
+ * scan can only be started at a key, so entries with the key of the
+ * position are walked again; the index key (from the index tuple) and the
+ * TID recognise those already visited before any heap access, which is
+ * what made the walk over a million rows expiring at the same moment (one
+ * transaction's keys) expensive.  That needs a btree that orders equal
+ * keys by TID (heapkeyspace, every index built since PostgreSQL 12); for
+ * any other index the equal-key entries are fetched again.  Rows skipped
+ * below the resume point are left for a later walk from the start.
  */
 static int64
 SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
@@ -624,6 +629,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 	int64		deleted = 0;
 	Snapshot	snapshot = GetActiveSnapshot();
 	MemoryContext row_cxt;
+	bool		skip_by_tid = false;
 
 	Assert(store->expiry != NULL);
 	ScanKeyEntryInitialize(&skeys[0], 0, 1, BTLessEqualStrategyNumber,
@@ -643,8 +649,18 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 									"idempotency sweep row",
 									ALLOCSET_SMALL_SIZES);
 
+	if (resume != NULL)
+	{
+		bool		heapkeyspace = false;
+		bool		allequalimage;
+
+		if (store->expiry->rd_rel->relam == BTREE_AM_OID)
+			_bt_metaversion(store->expiry, &heapkeyspace, &allequalimage);
+		skip_by_tid = heapkeyspace;
+	}
+
 	scan = index_beginscan(store->heap, store->expiry, snapshot, nkeys, 0);
-	scan->xs_want_itup = (resume != NULL);
+	scan->xs_want_itup = skip_by_tid;
 	index_rescan(scan, skeys, nkeys, NULL, 0);
 
 	/* index_getnext_slot(), with a look at each entry before its heap fetch */
@@ -660,7 +676,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 
 			if (tid == NULL)
 				break;
-			if (resume != NULL)
+			if (skip_by_tid && scan->xs_itup != NULL)
 			{
 				bool		isnull;
 				TimestampTz key;
@@ -678,6 +694,17 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 		}
 		if (!index_fetch_heap(scan, store->slot))
 			continue;
+		if (resume != NULL && !skip_by_tid)
+		{
+			bool		isnull;
+
+			/* without TID order, the position is the key of the last row seen */
+			resume->valid = true;
+			resume->expires_at = DatumGetTimestampTz(slot_getattr(store->slot,
+																  Anum_expires_at,
+																  &isnull));
+			ItemPointerSetInvalid(&resume->tid);
+		}
 
 		old_cxt = MemoryContextSwitchTo(row_cxt);
 		held = KeyHeldByOthers(store->slot);
@@ -696,11 +723,12 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 /*
  * One sweep batch in the caller's transaction: see SweepOpenStore.  If
  * DDL holds the table or an index (a lock we would queue behind), does
- * nothing; locks already taken stay until transaction end, as usual.
+ * nothing and sets *locked_out; locks already taken stay until transaction
+ * end, as usual.
  */
 int64
 IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
-			   IdemSweepPosition *resume)
+			   IdemSweepPosition *resume, bool *locked_out)
 {
 	IdemStore	store;
 	int64		deleted;
@@ -710,7 +738,11 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock) ||
 		(OidIsValid(oids->leases) &&
 		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)))
+	{
+		if (locked_out != NULL)
+			*locked_out = true;
 		return 0;
+	}
 	IdemStoreOpen(&store, oids, true, true);
 	deleted = SweepOpenStore(&store, batch, now, resume);
 	IdemStoreClose(&store);

@@ -87,8 +87,9 @@ typedef struct IdemStoreOids
 /*
  * Where a sweep stopped in the expiry index: the key and heap TID of the
  * last entry it visited (btree keeps equal keys in TID order).  A sweep
- * that resumes from it visits no entry at or before it again, not even
- * those that many rows expiring at the same moment share.
+ * that resumes from it fetches no heap row of an entry at or before it
+ * again; entries with the same key (many rows expiring at the same moment)
+ * are still walked in the index, and recognised there.
  */
 typedef struct IdemSweepPosition
 {
@@ -124,6 +125,7 @@ extern bool IdemStoreUpdate(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
-							TimestampTz now, IdemSweepPosition *resume);
+							TimestampTz now, IdemSweepPosition *resume,
+							bool *locked_out);
 
 #endif							/* IDEM_STORE_H */

@@ -8,9 +8,11 @@
  * workers at a time.  A worker connects to one database, returns at once if
  * the extension is not installed (or the server is in recovery), and
  * otherwise sweeps the key store (as idem_sweep() does) in transactions of
- * idempotency.sweep_batch_size keys for about a second; a database with more
- * left goes to the back of the queue, so one database's backlog never holds
- * up the others.
+ * idempotency.sweep_batch_size keys for about a second.  A database with
+ * more left is visited again in the next pass, which then starts at once and
+ * visits only such databases and those whose interval has come round, so a
+ * backlog is worked off in one-second turns while every other database is
+ * still swept every interval.
  *
  * The workers run as the bootstrap superuser in databases whose owners may
  * be hostile (docs/security.md), so they run no SQL at all: the extension is
@@ -95,6 +97,7 @@ typedef struct WorkerReport
 	bool		finished;		/* the worker got to its end */
 	bool		installed;		/* the extension is there */
 	bool		more;			/* it stopped before the end of the backlog */
+	bool		locked_out;		/* DDL held the store: nothing learnt */
 	int64		keys_removed;	/* in committed batches, kept up to date */
 	IdemSweepPosition resume;	/* where it stopped, if more */
 	char		error[SWEEPER_ERROR_LEN];	/* "" if none */
@@ -117,15 +120,20 @@ typedef struct SweepTarget
 } SweepTarget;
 
 /*
- * Where the last worker in a database with a backlog stopped, kept by the
- * launcher (in launcher_cxt) from one pass to the next and dropped when a
- * worker gets to the end of the backlog.
+ * What the launcher remembers of a database from one pass to the next (in
+ * TopMemoryContext): when its last visit started, whether it has a backlog,
+ * and where the last worker stopped in it.  The position is dropped when a
+ * worker gets to the end, and at least once an interval (rows skipped on
+ * the way, or committed late with an earlier expires_at, are behind it).
  */
-typedef struct ResumeEntry
+typedef struct DatabaseState
 {
 	Oid			dboid;			/* hash key */
+	TimestampTz last_visit;		/* start of the last worker, 0 if none */
+	bool		backlog;		/* its last worker stopped with more to do */
 	IdemSweepPosition resume;
-} ResumeEntry;
+	TimestampTz resume_since;	/* when the walk from the start began */
+} DatabaseState;
 
 /* A worker the launcher is waiting for. */
 typedef struct RunningWorker
@@ -147,7 +155,9 @@ typedef struct WorkerArgs
 StaticAssertDecl(sizeof(WorkerArgs) <= BGW_EXTRALEN, "WorkerArgs must fit in bgw_extra");
 
 static SweeperShared *sweeper_shared = NULL;
-static HTAB *resume_points = NULL;	/* the launcher's ResumeEntry table */
+static HTAB *database_states = NULL;	/* the launcher's DatabaseState table */
+static TimestampTz no_worker_logged_at = 0;	/* rate limits of two log lines */
+static TimestampTz no_status_logged_at = 0;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -325,19 +335,46 @@ ForgetMissingDatabases(List *targets)
 	}
 	LWLockRelease(sweeper_shared->lock);
 
-	if (resume_points != NULL)
 	{
 		HASH_SEQ_STATUS seq;
-		ResumeEntry *entry;
+		DatabaseState *state;
 
-		hash_seq_init(&seq, resume_points);
-		while ((entry = hash_seq_search(&seq)) != NULL)
+		hash_seq_init(&seq, database_states);
+		while ((state = hash_seq_search(&seq)) != NULL)
 		{
-			if (hash_search(present, &entry->dboid, HASH_FIND, NULL) == NULL)
-				(void) hash_search(resume_points, &entry->dboid, HASH_REMOVE, NULL);
+			if (hash_search(present, &state->dboid, HASH_FIND, NULL) == NULL)
+				(void) hash_search(database_states, &state->dboid, HASH_REMOVE, NULL);
 		}
 	}
 	hash_destroy(present);
+}
+
+/* The launcher's state of a database, created empty on first use. */
+static DatabaseState *
+StateOf(Oid dboid)
+{
+	bool		found;
+	DatabaseState *state = hash_search(database_states, &dboid, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		state->last_visit = 0;
+		state->backlog = false;
+		state->resume.valid = false;
+		state->resume_since = 0;
+	}
+	return state;
+}
+
+/* When a database's next visit is due: at once for a backlog or a first visit. */
+static TimestampTz
+DueAt(Oid dboid)
+{
+	DatabaseState *state = hash_search(database_states, &dboid, HASH_FIND, NULL);
+
+	if (state == NULL || state->backlog || state->last_visit == 0)
+		return 0;
+	return TimestampTzPlusMilliseconds(state->last_visit, idem_sweep_interval_ms);
 }
 
 /*
@@ -349,7 +386,7 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 {
 	BackgroundWorker worker;
 	WorkerArgs	args;
-	ResumeEntry *entry;
+	DatabaseState *state;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -364,9 +401,14 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	worker.bgw_notify_pid = MyProcPid;
 	memset(&args, 0, sizeof(args));
 	args.report_slot = i;
-	entry = hash_search(resume_points, &target->dboid, HASH_FIND, NULL);
-	if (entry != NULL)
-		args.resume = entry->resume;
+	state = StateOf(target->dboid);
+	if (state->resume.valid &&
+		TimestampDifferenceExceeds(state->resume_since, GetCurrentTimestamp(),
+								   idem_sweep_interval_ms))
+		state->resume.valid = false;	/* from the start again, once an interval */
+	if (!state->resume.valid)
+		state->resume_since = GetCurrentTimestamp();
+	args.resume = state->resume;
 
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
 	memset(&sweeper_shared->reports[i], 0, sizeof(WorkerReport));
@@ -383,6 +425,7 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	running->target = target;
 	running->started = GetCurrentTimestamp();
 	running->terminated = false;
+	state->last_visit = running->started;
 	return true;
 }
 
@@ -400,6 +443,7 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	SweepStatus *s;
 	char		error[SWEEPER_ERROR_LEN];
 	bool		more;
+	DatabaseState *state;
 
 	LWLockAcquire(sweeper_shared->lock, LW_SHARED);
 	report = sweeper_shared->reports[i];
@@ -448,17 +492,19 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	 * A database with more to do resumes where this worker stopped, in the
 	 * next pass; one that got to the end (or failed) starts from the
 	 * beginning next time, so that rows skipped on the way are seen again.
+	 * A worker that learnt nothing (DDL held the store, or it was stopped
+	 * for its timeout) leaves the position as it was.
 	 */
 	more = report.finished && report.more && error[0] == '\0';
-	if (more && report.resume.valid)
+	state = hash_search(database_states, &target->dboid, HASH_FIND, NULL);
+	if (state != NULL)
 	{
-		ResumeEntry *entry = hash_search(resume_points, &target->dboid,
-										 HASH_ENTER, NULL);
-
-		entry->resume = report.resume;
+		state->backlog = more;
+		if (more)
+			state->resume = report.resume;
+		else if (!running->terminated && !report.locked_out)
+			state->resume.valid = false;
 	}
-	else
-		(void) hash_search(resume_points, &target->dboid, HASH_REMOVE, NULL);
 
 	running->handle = NULL;
 	return more;
@@ -495,6 +541,10 @@ SkipLockedDatabase(SweepTarget *target)
 	"(ALTER DATABASE or DROP DATABASE)";
 	SweepStatus *s;
 
+	/* a visit: tried again when its interval comes round */
+	StateOf(target->dboid)->last_visit = GetCurrentTimestamp();
+	StateOf(target->dboid)->backlog = false;
+
 	/* not LOG: every DROP DATABASE would be reported; the status says it */
 	ereport(DEBUG1,
 			(errmsg_internal("idempotency sweeper: database \"%s\" %s",
@@ -526,18 +576,22 @@ ReloadIfPending(void)
 #define NO_SLOT_RETRY_MS		1000
 
 /*
- * One pass: every database once, with up to idempotency.sweep_workers
- * workers at a time.  A worker past its timeout is terminated; the others go
- * on meanwhile.  Returns true when some database had more to sweep after
- * its worker's second of work: the caller then starts the next pass at once,
- * in which that database resumes where it stopped, so a backlog is worked
- * off in turns while every other database keeps its turn in every pass.
+ * One pass: every database that is due, once, with up to
+ * idempotency.sweep_workers workers at a time.  A database is due when its
+ * last visit started an interval ago, when it has a backlog, and on its
+ * first visit.  A worker past its timeout is terminated; the others go on
+ * meanwhile.  Returns when the next pass should start: at once when some
+ * database still has a backlog (it resumes where its worker stopped), else
+ * when the first database is due again.  So a backlog is worked off in
+ * one-second turns, pass after pass, while every other database is still
+ * visited once an interval, and nothing else is visited more often.
  *
  * When no background worker slot is free (max_worker_processes taken by
  * parallel queries or other extensions), the pass waits and tries again
- * every second rather than giving up until the next interval.
+ * every second rather than giving up until the next interval; that is
+ * logged at most once an interval.
  */
-static bool
+static TimestampTz
 SweepAllDatabases(void)
 {
 	MemoryContext pass_cxt = AllocSetContextCreate(CurrentMemoryContext,
@@ -545,8 +599,9 @@ SweepAllDatabases(void)
 												   ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(pass_cxt);
 	TimestampTz pass_start = GetCurrentTimestamp();
-	List	   *queue = ListSweepTargets();
-	int			ndatabases = list_length(queue);
+	List	   *listed = ListSweepTargets();
+	List	   *queue = NIL;
+	int			ndatabases;
 	int			next = 0;
 	int			started = 0;
 	RunningWorker running[IDEM_MAX_SWEEP_WORKERS];
@@ -556,8 +611,19 @@ SweepAllDatabases(void)
 	bool		backlog = false;
 	int			no_slot = 0;
 
+	TimestampTz next_pass;
+	ListCell   *lc;
+
 	memset(running, 0, sizeof(running));
-	ForgetMissingDatabases(queue);
+	ForgetMissingDatabases(listed);
+	foreach(lc, listed)
+	{
+		SweepTarget *target = lfirst(lc);
+
+		if (DueAt(target->dboid) <= pass_start)
+			queue = lappend(queue, target);
+	}
+	ndatabases = list_length(queue);
 	for (;;)
 	{
 		bool		stopping;
@@ -587,13 +653,17 @@ SweepAllDatabases(void)
 			}
 			if (!StartWorker(target, i, &running[i]))
 			{
-				if (!said_no_slot)
+				if (!said_no_slot &&
+					TimestampDifferenceExceeds(no_worker_logged_at, now, idem_sweep_interval_ms))
+				{
+					no_worker_logged_at = now;
 					ereport(LOG,
 							(errmsg("idempotency sweeper could not start a worker for database \"%s\"",
 									NameStr(target->datname)),
 							 errdetail("All of max_worker_processes (%d) are in use.",
 									   max_worker_processes),
 							 errhint("Keep max_parallel_workers and other extensions' workers below max_worker_processes by at least idempotency.sweep_workers + 1; the sweeper tries again every second.")));
+				}
 				said_no_slot = true;
 				no_slot_until = TimestampTzPlusMilliseconds(now, NO_SLOT_RETRY_MS);
 				break;
@@ -653,7 +723,11 @@ SweepAllDatabases(void)
 							 ndatabases,
 							 TimestampDifferenceMilliseconds(pass_start, GetCurrentTimestamp()),
 							 idem_sweep_workers, started)));
-	if (no_slot > 0)
+	if (no_slot > 0 &&
+		TimestampDifferenceExceeds(no_status_logged_at, GetCurrentTimestamp(),
+								   idem_sweep_interval_ms))
+	{
+		no_status_logged_at = GetCurrentTimestamp();
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("idempotency sweeper: %d databases with the extension have no status in idem_sweeper_status",
@@ -661,9 +735,17 @@ SweepAllDatabases(void)
 				 errdetail("They were swept; idempotency.max_databases (%d) limits how many are shown.",
 						   sweeper_shared->ndbs),
 				 errhint("Raise idempotency.max_databases and restart the server.")));
+	}
+
+	/* the next pass: at once for a backlog, else when a database is due */
+	next_pass = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), idem_sweep_interval_ms);
+	foreach(lc, listed)
+		next_pass = Min(next_pass, DueAt(((SweepTarget *) lfirst(lc))->dboid));
+	if (backlog)
+		next_pass = 0;
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(pass_cxt);
-	return backlog;
+	return next_pass;
 }
 
 /*
@@ -686,9 +768,9 @@ idem_sweeper_launcher_main(Datum main_arg)
 
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(ResumeEntry);
-		resume_points = hash_create("idempotency sweeper resume points", 64, &ctl,
-									HASH_ELEM | HASH_BLOBS);
+		ctl.entrysize = sizeof(DatabaseState);
+		database_states = hash_create("idempotency sweeper databases", 64, &ctl,
+									  HASH_ELEM | HASH_BLOBS);
 	}
 
 	next_pass = GetCurrentTimestamp();
@@ -700,21 +782,26 @@ idem_sweeper_launcher_main(Datum main_arg)
 
 		CHECK_FOR_INTERRUPTS();
 		ReloadIfPending();
-		/* switched on: a pass at once, not after a whole interval */
+		/* switched on: a pass over every database at once */
 		if (idem_sweeper_enabled && !was_enabled)
+		{
+			HASH_SEQ_STATUS seq;
+			DatabaseState *state;
+
+			hash_seq_init(&seq, database_states);
+			while ((state = hash_seq_search(&seq)) != NULL)
+				state->last_visit = 0;
 			next_pass = GetCurrentTimestamp();
+		}
 
 		now = GetCurrentTimestamp();
 		if (now >= next_pass)
 		{
-			bool		backlog = false;
-
 			if (idem_sweeper_enabled && !RecoveryInProgress())
-				backlog = SweepAllDatabases();
-			/* a backlog is worked off in passes one after the other */
-			next_pass = backlog ? GetCurrentTimestamp() :
-				TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											idem_sweep_interval_ms);
+				next_pass = SweepAllDatabases();
+			else
+				next_pass = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														idem_sweep_interval_ms);
 			continue;
 		}
 
@@ -837,7 +924,8 @@ SweepThisDatabase(void)
 		if (worker_report.installed)
 			deleted = IdemStoreSweep(&oids, batch,
 									 GetCurrentTransactionStartTimestamp(),
-									 &worker_report.resume);
+									 &worker_report.resume,
+									 &worker_report.locked_out);
 
 		PopActiveSnapshot();
 		CommitTransactionCommand();
