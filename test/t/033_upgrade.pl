@@ -252,6 +252,19 @@ WHERE r.kind <> 'once'
 			'0', 'one business row per request (two for an expired key done again)');
 	};
 }
+# pg_dump $db in plain format and restore it into a new database $restored.
+sub dump_and_restore
+{
+	my ($db, $restored) = @_;
+	my $dump = $node->basedir . "/$db.sql";
+	$node->command_ok([ 'pg_dump', '-Fp', '-d', $db, '-f', $dump ], "pg_dump $db");
+	$node->safe_psql('postgres', "CREATE DATABASE $restored");
+	$node->command_ok(
+		[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $restored, '-f', $dump ],
+		"restore into $restored");
+	return;
+}
+
 # 0.2.0 replaces idem_finish and idem_release (a trailing token): the new
 # functions must keep the privileges the old ones had, so an installation
 # that locked them down stays locked down, also through pg_dump and a
@@ -303,12 +316,7 @@ ROLLBACK;}),
 			'started', 'leases work after the update');
 
 		# a restore creates the extension at 0.2.0 and replays the grants
-		my $dump = $node->basedir . '/acl_0_1_0.sql';
-		$node->command_ok([ 'pg_dump', '-Fp', '-d', $db, '-f', $dump ], 'pg_dump');
-		$node->safe_psql('postgres', 'CREATE DATABASE acl_restored');
-		$node->command_ok(
-			[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'acl_restored', '-f', $dump ],
-			'restore');
+		dump_and_restore($db, 'acl_restored');
 		is($node->safe_psql('acl_restored', $privileges), $locked_down,
 			'after pg_dump and a restore the functions are still locked down');
 		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP DATABASE acl_restored});
@@ -366,12 +374,7 @@ GRANT EXECUTE ON FUNCTION idem_sweep(int) TO regress_idem_ops;});
 		is($node->safe_psql($db, 'SET ROLE regress_idem_ops; SELECT idem_sweep()'), '0',
 			'the granted role sweeps');
 
-		my $dump = $node->basedir . '/acl_sweep.sql';
-		$node->command_ok([ 'pg_dump', '-Fp', '-d', $db, '-f', $dump ], 'pg_dump');
-		$node->safe_psql('postgres', 'CREATE DATABASE acl_sweep_restored');
-		$node->command_ok(
-			[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'acl_sweep_restored', '-f', $dump ],
-			'restore');
+		dump_and_restore($db, 'acl_sweep_restored');
 		is($node->safe_psql('acl_sweep_restored', $sweep_acl), 'public=f ops=t app=f',
 			'after pg_dump and a restore too');
 		$node->safe_psql('postgres', qq{
