@@ -540,10 +540,12 @@ SkipLockedDatabase(SweepTarget *target)
 	const char *error = "skipped: another transaction holds a lock on the database "
 	"(ALTER DATABASE or DROP DATABASE)";
 	SweepStatus *s;
+	DatabaseState *state;
 
 	/* a visit: tried again when its interval comes round */
-	StateOf(target->dboid)->last_visit = GetCurrentTimestamp();
-	StateOf(target->dboid)->backlog = false;
+	state = StateOf(target->dboid);
+	state->last_visit = GetCurrentTimestamp();
+	state->backlog = false;
 
 	/* not LOG: every DROP DATABASE would be reported; the status says it */
 	ereport(DEBUG1,
