@@ -256,6 +256,17 @@ subtest 'a database owner\'s operators, functions and search_path do not reach t
 			like($err, qr/permission denied|cannot be (set|changed)/,
 				"$db: the attacker may not set $set");
 		}
+		# role-level settings reach the worker's role (the bootstrap
+		# superuser) only through ALTER ROLE of that role or of ALL (ALTER
+		# ROLE ALL IN DATABASE is ALTER DATABASE ... SET, attached below)
+		for my $stmt ("ALTER ROLE \"$su\" SET search_path = s, pg_catalog",
+			"ALTER ROLE \"$su\" IN DATABASE $db SET search_path = s, pg_catalog",
+			"ALTER ROLE ALL SET default_transaction_deferrable = on")
+		{
+			my ($ret, $out, $err) = $node->psql($db, "SET ROLE regress_attacker; $stmt");
+			like($err, qr/permission denied|must be superuser|only superusers/,
+				"$db: the attacker may not run $stmt");
+		}
 	}
 	attach_settings(@HIJACK);
 	# the trap works: a superuser's plain query through that search_path
