@@ -128,17 +128,6 @@ CheckStoreIndex(Oid indexid, Oid heapid)
 				 errhint("Drop or rename it; the extension \"idempotency\" owns that name.")));
 }
 
-static void ResolveInSchema(Oid nspid, IdemStoreOids *oids);
-
-/*
- * Find the store's relations in the schema of the SQL function being called.
- */
-void
-IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
-{
-	ResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
-}
-
 /*
  * Find the store's relations in a given schema (the extension's).
  */
@@ -160,6 +149,15 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	oids->leases = get_relname_relid(IDEM_LEASES_NAME, nspid);
 	if (OidIsValid(oids->leases) && !IsStoreIndex(oids->leases, oids->heap))
 		oids->leases = InvalidOid;
+}
+
+/*
+ * Find the store's relations in the schema of the SQL function being called.
+ */
+void
+IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
+{
+	ResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
 }
 
 /*

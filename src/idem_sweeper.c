@@ -262,6 +262,18 @@ CopyMessage(char *dest, const char *msg)
 	dest[len] = '\0';
 }
 
+/* Publish one visit in a status slot; lock held. */
+static void
+RecordVisit(SweepStatus *s, const SweepTarget *target, TimestampTz start,
+			int64 duration_us, int64 keys_removed, const char *error)
+{
+	s->datname = target->datname;
+	s->last_start = start;
+	s->last_duration_us = duration_us;
+	s->keys_removed = keys_removed;
+	CopyMessage(s->last_error, error);
+}
+
 /* The databases a pass visits: those that allow connections. */
 static List *
 ListSweepTargets(void)
@@ -477,13 +489,9 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	if (s != NULL && report.finished && !report.installed && error[0] == '\0')
 		s->dboid = InvalidOid;	/* the extension is not (or no longer) there */
 	else if (s != NULL)
-	{
-		s->datname = target->datname;
-		s->last_start = running->started;
-		s->keys_removed = report.keys_removed;
-		s->last_duration_us = GetCurrentTimestamp() - running->started;
-		CopyMessage(s->last_error, error);
-	}
+		RecordVisit(s, target, running->started,
+					GetCurrentTimestamp() - running->started,
+					report.keys_removed, error);
 	else if (report.installed)
 		(*no_slot)++;
 	LWLockRelease(sweeper_shared->lock);
@@ -554,12 +562,7 @@ SkipLockedDatabase(SweepTarget *target)
 	LWLockAcquire(sweeper_shared->lock, LW_EXCLUSIVE);
 	s = StatusSlot(target->dboid, false);
 	if (s != NULL)
-	{
-		s->last_start = GetCurrentTimestamp();
-		s->last_duration_us = 0;
-		s->keys_removed = 0;
-		CopyMessage(s->last_error, error);
-	}
+		RecordVisit(s, target, GetCurrentTimestamp(), 0, 0, error);
 	LWLockRelease(sweeper_shared->lock);
 }
 
