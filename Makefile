@@ -16,7 +16,9 @@ TAP_TESTS      = 1
 PROVE_TESTS    = $(sort $(wildcard test/t/*.pl))
 
 PG_CONFIG ?= pg_config
-PG_CPPFLAGS += -Isrc
+# the version pg_get_loaded_modules() shows (18 on): the control file's
+IDEM_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+PG_CPPFLAGS += -Isrc -DIDEM_VERSION='"$(IDEM_VERSION)"'
 PG_CFLAGS   += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
                -Wno-sign-compare $(IDEM_EXTRA_CFLAGS)
 

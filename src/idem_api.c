@@ -21,6 +21,7 @@
 #include "utils/timestamp.h"
 
 #include "idem_api.h"
+#include "idem_compat.h"
 #include "idem_fingerprint.h"
 #include "idem_stats.h"
 #include "idem_store.h"
@@ -168,8 +169,10 @@ IdemIntervalTooLong(const Interval *value)
 {
 	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
 
-	return Abs((int64) value->month) > (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR ||
-		Abs((int64) value->day) > max_days ||
+	const int64 max_months = (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR;
+
+	return value->month > max_months || value->month < -max_months ||
+		value->day > max_days || value->day < -max_days ||
 		value->time > max_days * USECS_PER_DAY ||
 		value->time < -max_days * USECS_PER_DAY;
 }

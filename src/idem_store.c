@@ -42,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "idem_compat.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
@@ -351,7 +352,7 @@ IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
 						   InvalidOid, store->pkey->rd_indcollation[1],
 						   F_TEXTEQ, PointerGetDatum(key->key));
 
-	scan = index_beginscan(store->heap, store->pkey, snapshot, 2, 0);
+	scan = index_beginscan_compat(store->heap, store->pkey, snapshot, 2, 0);
 	index_rescan(scan, skeys, 2, NULL, 0);
 
 	while (index_getnext_slot(scan, ForwardScanDirection, store->slot))
@@ -526,8 +527,9 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	Assert(store->expiry != NULL && store->leases != NULL);
 
 	tuple = FormRecordTuple(store, key, rec);
-	result = heap_update(store->heap, &otid, tuple, GetCurrentCommandId(true),
-						 InvalidSnapshot, true, &tmfd, &lockmode);
+	result = heap_update_compat(store->heap, &otid, tuple,
+								GetCurrentCommandId(true), true, &tmfd,
+								&lockmode);
 	switch (result)
 	{
 		case TM_Ok:
@@ -560,9 +562,8 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait)
 	TM_FailureData tmfd;
 	TM_Result	result;
 
-	result = table_tuple_delete(store->heap, tid, GetCurrentCommandId(true),
-								InvalidSnapshot, InvalidSnapshot,
-								wait, &tmfd, false);
+	result = table_tuple_delete_compat(store->heap, tid,
+									   GetCurrentCommandId(true), wait, &tmfd);
 	switch (result)
 	{
 		case TM_Ok:
@@ -657,7 +658,7 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 		skip_by_tid = heapkeyspace;
 	}
 
-	scan = index_beginscan(store->heap, store->expiry, snapshot, nkeys, 0);
+	scan = index_beginscan_compat(store->heap, store->expiry, snapshot, nkeys, 0);
 	scan->xs_want_itup = skip_by_tid;
 	index_rescan(scan, skeys, nkeys, NULL, 0);
 

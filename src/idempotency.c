@@ -7,12 +7,13 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "idem_compat.h"
 #include "idem_guc.h"
 #include "idem_stats.h"
 #include "idem_sweeper.h"
 #include "idem_xact.h"
 
-PG_MODULE_MAGIC;
+IDEM_MODULE_MAGIC;
 
 void		_PG_init(void);
 

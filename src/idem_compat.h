@@ -1,0 +1,120 @@
+/*
+ * idem_compat.h
+ *	  Every difference between the PostgreSQL majors this tree builds
+ *	  against, 15 to 19, in one place.
+ *
+ * Callers use the PostgreSQL 15 spelling with a _compat suffix where a
+ * signature changed, and the newest name where an old version only lacks a
+ * macro (backfilled here, as Citus's pg_version_compat.h does).  Each block
+ * names the release that changed it.  Nothing outside this header tests
+ * PG_VERSION_NUM.
+ */
+#ifndef IDEM_COMPAT_H
+#define IDEM_COMPAT_H
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/tableam.h"
+#include "datatype/timestamp.h"
+#include "postmaster/bgworker.h"
+
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 200000
+#error "idempotency builds against PostgreSQL 15 to 19"
+#endif
+
+#define PG16_GE (PG_VERSION_NUM >= 160000)
+#define PG17_GE (PG_VERSION_NUM >= 170000)
+#define PG18_GE (PG_VERSION_NUM >= 180000)
+#define PG19_GE (PG_VERSION_NUM >= 190000)
+
+/*
+ * 18 gives a module a name and version that pg_get_loaded_modules() shows;
+ * IDEM_VERSION comes from the control file through the Makefile.
+ */
+#ifdef PG_MODULE_MAGIC_EXT
+#define IDEM_MODULE_MAGIC PG_MODULE_MAGIC_EXT(.name = "idempotency", .version = IDEM_VERSION)
+#else
+#define IDEM_MODULE_MAGIC PG_MODULE_MAGIC
+#endif
+
+/*
+ * 17 made interval able to hold +/-infinity.  Before
+ * it no interval is infinite, which the backfilled macro says.
+ */
+#ifndef INTERVAL_NOT_FINITE
+#define INTERVAL_NOT_FINITE(i) false
+#endif
+
+/*
+ * 19 lets DROP DATABASE (and ALTER DATABASE ... RENAME and the like)
+ * terminate a worker connected to the database, as it does a backend,
+ * instead of failing while the worker is there.  A sweep worker can stop at
+ * any row, so it asks for that; before 19 it only keeps its visits short.
+ */
+#ifndef BGWORKER_INTERRUPTIBLE
+#define BGWORKER_INTERRUPTIBLE 0
+#endif
+
+/*
+ * 18 added the instrumentation argument, 19 a flags
+ * word.  The store never asks for either.
+ */
+static inline IndexScanDesc
+index_beginscan_compat(Relation heap, Relation index, Snapshot snapshot,
+					   int nkeys, int norderbys)
+{
+#if PG19_GE
+	return index_beginscan(heap, index, snapshot, NULL, nkeys, norderbys, 0);
+#elif PG18_GE
+	return index_beginscan(heap, index, snapshot, NULL, nkeys, norderbys);
+#else
+	return index_beginscan(heap, index, snapshot, nkeys, norderbys);
+#endif
+}
+
+/*
+ * 16 made heap_update report which indexes want new entries (for
+ * summarizing indexes); 19 added an options word (TABLE_UPDATE_NO_LOGICAL).
+ * The store's indexes are all btree, so a HOT update still means no new
+ * entries, which the caller tests with HeapTupleIsHeapOnly() on every
+ * version; and its changes are logically replicated like any others.
+ */
+static inline TM_Result
+heap_update_compat(Relation rel, ItemPointer otid, HeapTuple newtup,
+				   CommandId cid, bool wait, TM_FailureData *tmfd,
+				   LockTupleMode *lockmode)
+{
+#if PG16_GE
+	TU_UpdateIndexes update_indexes;
+#endif
+
+#if PG19_GE
+	return heap_update(rel, otid, newtup, cid, 0, InvalidSnapshot, wait, tmfd,
+					   lockmode, &update_indexes);
+#elif PG16_GE
+	return heap_update(rel, otid, newtup, cid, InvalidSnapshot, wait, tmfd,
+					   lockmode, &update_indexes);
+#else
+	return heap_update(rel, otid, newtup, cid, InvalidSnapshot, wait, tmfd,
+					   lockmode);
+#endif
+}
+
+/*
+ * 19 folded table_tuple_delete's changingPart argument into an options
+ * word.  The store never moves a row between partitions.
+ */
+static inline TM_Result
+table_tuple_delete_compat(Relation rel, ItemPointer tid, CommandId cid,
+						  bool wait, TM_FailureData *tmfd)
+{
+#if PG19_GE
+	return table_tuple_delete(rel, tid, cid, 0, InvalidSnapshot,
+							  InvalidSnapshot, wait, tmfd);
+#else
+	return table_tuple_delete(rel, tid, cid, InvalidSnapshot, InvalidSnapshot,
+							  wait, tmfd, false);
+#endif
+}
+
+#endif							/* IDEM_COMPAT_H */
