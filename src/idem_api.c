@@ -184,6 +184,19 @@ IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 	Interval	zero;
 	TimestampTz result;
 
+	/*
+	 * From 17 on an interval may be +/-infinity.  A key that is never swept
+	 * is not something a ttl can ask for on 15 and 16 (their interval input
+	 * refuses 'infinity'), so no version takes it: one answer everywhere.
+	 */
+	if (INTERVAL_NOT_FINITE(value))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be finite", what),
+				 errdetail("The %s given was %s.", what,
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(value)))),
+				 errhint("Give at most %d years.", IDEM_MAX_INTERVAL_YEARS)));
 	memset(&zero, 0, sizeof(zero));
 	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
 										  IntervalPGetDatum(&zero))))

@@ -581,7 +581,7 @@ SELECT n, stmt, try(stmt) FROM (VALUES
   (20, $$SELECT status FROM idem_begin('k', ttl => 3600)$$),
   (21, $$SELECT status FROM idem_begin('k', ttl => '1 hour'::text)$$),
   (22, $$SELECT status FROM idem_begin('k', ttl => 'forever')$$),
-  (23, $$SELECT status FROM idem_begin('k', ttl => 'infinity')$$),
+  -- 23, ttl => 'infinity': infinity.sql (the answer of 15 and 16 differs)
   (24, $$SELECT status FROM idem_begin('k', ttl => '200000000 years')$$),
   (25, $$SELECT status FROM idem_begin('k', ttl => '300000 years')$$),
   (26, $$SELECT status FROM idem_begin('k', wait => 'maybe')$$),
