@@ -83,7 +83,6 @@ SELECT try($$DROP EXTENSION idempotency$$) AS drop_extension;
 SELECT try($$ALTER EXTENSION idempotency UPDATE$$) AS alter_extension;
 COPY idem_keys TO STDOUT;
 \echo :LAST_ERROR_SQLSTATE
-VACUUM idem_keys;
 
 -- but every function works
 BEGIN;
