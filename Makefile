@@ -9,11 +9,21 @@ DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC   = "idempotency - idempotency keys for PostgreSQL"
 
 REGRESS        = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
-REGRESS_OPTS   = --inputdir=test --temp-instance=./tmp_check --temp-config=./test/idempotency.conf
 ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ifeq ($(IDEM_RUNNING_SERVER),)
+# each suite starts a throwaway cluster of its own with the library preloaded
+REGRESS_OPTS   = --inputdir=test --temp-instance=./tmp_check --temp-config=./test/idempotency.conf
 ISOLATION_OPTS = --inputdir=test --temp-instance=./tmp_check_iso --temp-config=./test/idempotency.conf
 TAP_TESTS      = 1
 PROVE_TESTS    = $(sort $(wildcard test/t/*.pl))
+else
+# IDEM_RUNNING_SERVER=1: pg_regress and isolation against the server that
+# PGHOST/PGPORT name, which must preload the library with the settings of
+# test/idempotency.conf (the Debian package's tests: pg_virtualenv makes it);
+# the TAP tests make clusters of their own and are left out
+REGRESS_OPTS   = --inputdir=test
+ISOLATION_OPTS = --inputdir=test
+endif
 
 PG_CONFIG ?= pg_config
 # the version pg_get_loaded_modules() shows (18 on): the control file's
