@@ -34,3 +34,10 @@ PG_CFLAGS   += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initialize
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXN: a zip of the committed tree (HEAD), named from the control file's
+# version, which test/dist.sh checks META.json agrees with
+.PHONY: dist
+dist:
+	git archive --format zip --prefix=$(EXTENSION)-$(IDEM_VERSION)/ \
+	  -o $(EXTENSION)-$(IDEM_VERSION).zip HEAD
