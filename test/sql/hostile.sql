@@ -7,6 +7,8 @@
 -- wait/batch, ASCII/2-byte/3-byte length limits, bad ttl, bad codes,
 -- idem_begin(1)) are not repeated; this file covers what a fuzzer or a
 -- broken client would send on top of that.
+-- hostile_1.out is PostgreSQL 19's expected output: its 42883 ("function
+-- ... does not exist") carries a detail, which try() prints.
 --
 \set SHOW_CONTEXT never
 -- PostgreSQL text cannot hold invalid UTF8 only in a UTF8 database; the temp
