@@ -82,13 +82,17 @@ fi
 sweeper_rows=$(row)
 
 # 4. postgres_exporter (Debian's prometheus-postgres-exporter) with
-# queries.yaml, connected as the monitoring role; one scrape of its /metrics
+# queries.yaml, connected as the monitoring role; one scrape of its /metrics.
+# Only this example's queries: its built-in collectors are off (bookworm's
+# 0.11 bgwriter collector reads columns that PostgreSQL 17 moved to
+# pg_stat_checkpointer, and errs on 17 and later).
 exporter=$(command -v prometheus-postgres-exporter || command -v postgres_exporter) ||
     { echo "FAILED - no postgres_exporter installed (test/setup.sh installs it)"; exit 1; }
 listen=127.0.0.1:${EXPORTER_PORT:-19187}
 DATA_SOURCE_NAME="host=$PGHOST port=$PGPORT user=$role dbname=$PGDATABASE sslmode=disable" \
     "$exporter" --extend.query-path=queries.yaml --web.listen-address="$listen" \
-    --disable-default-metrics --disable-settings-metrics >"$tmp/exporter.log" 2>&1 &
+    --disable-default-metrics --disable-settings-metrics \
+    --no-collector.database --no-collector.bgwriter >"$tmp/exporter.log" 2>&1 &
 exporter_pid=$!
 for _ in $(seq 1 100); do  # up to 10 s for it to listen
     curl -sf "http://$listen/metrics" >/dev/null 2>&1 && break
