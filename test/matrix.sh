@@ -8,7 +8,8 @@
 #                                the same with make variables for installcheck
 #   test/matrix.sh 18 shell      a shell in the chroot, the tree in /build
 #   test/matrix.sh prepare 18    only make the chroot
-#   test/matrix.sh upgrade       pg_upgrade 17 -> 18 in the sid chroot
+#   test/matrix.sh upgrade       pg_upgrade 17 -> 18 in the sid chroot and
+#                                18 -> 19 in the experimental one
 #                                (test/t/050_pg_upgrade.pl)
 #   test/matrix.sh green start|stop
 #                                a PostgreSQL 18 server in the sid chroot on
@@ -16,7 +17,8 @@
 #                                target of test/t/051_blue_green.pl on the host
 #
 # Majors: 17 (Debian trixie), 18 (sid; with trixie's 17 beside it for
-# pg_upgrade), 19 (the release candidate from experimental, over sid).
+# pg_upgrade), 19 (the release candidate from experimental, over sid; with
+# sid's 18 beside it).
 # PostgreSQL 16 has no Debian package on these suites: it is kept building
 # by src/idem_compat.h alone.
 #
@@ -50,8 +52,9 @@ packages_of() {
     case $1 in
         trixie) echo "postgresql-17 postgresql-server-dev-17 libpq-dev $base_packages" ;;
         sid) echo "postgresql-18 postgresql-server-dev-18 libpq-dev $base_packages postgresql-17/trixie postgresql-server-dev-17/trixie" ;;
-        # the server's libpq is experimental's too
-        experimental) echo "postgresql-19/experimental postgresql-server-dev-19/experimental libpq-dev/experimental $base_packages" ;;
+        # the server's libpq is experimental's too; sid's 18 beside it, for
+        # pg_upgrade from 18 to 19
+        experimental) echo "postgresql-19/experimental postgresql-server-dev-19/experimental libpq-dev/experimental $base_packages postgresql-18 postgresql-server-dev-18" ;;
     esac
 }
 
@@ -222,17 +225,30 @@ run_major() {
     suite_in "$root" "$v" "$@"
 }
 
-run_upgrade() {
-    local root=$cache/sid
-    prepare 18
+# test/t/050_pg_upgrade.pl from OLD to NEW, both installed in the chroot
+# of NEW
+upgrade_in() {
+    local from=$1 to=$2 root
+    root=$cache/$(chroot_of "$to")
+    prepare "$to"
     mount_into "$root"
-    build_in "$root" 17 18
-    in_chroot "$root" "su postgres -c 'cd /build && IDEM_UPGRADE_FROM=/usr/lib/postgresql/17 \
-        make -s PG_CONFIG=/usr/lib/postgresql/18/bin/pg_config installcheck REGRESS= ISOLATION= \
-        PROVE_TESTS=test/t/050_pg_upgrade.pl'" || {
+    build_in "$root" "$from" "$to"
+    echo "pg_upgrade from PostgreSQL $from to $to"
+    in_chroot "$root" "set -o pipefail; su postgres -c 'cd /build && IDEM_UPGRADE_FROM=/usr/lib/postgresql/$from \
+        make -s PG_CONFIG=/usr/lib/postgresql/$to/bin/pg_config installcheck REGRESS= ISOLATION= \
+        PROVE_TESTS=test/t/050_pg_upgrade.pl PROVE_FLAGS=-v' | grep -E '^(ok|not ok|# |1\.\.)|skipped|Result'" || {
         tail -n 80 "$root"/build/tmp_check/log/regress_log_050_pg_upgrade 2>/dev/null
         return 1
     }
+    unmount_all
+}
+
+# 17 to 18 (sid), and 18 to 19 (experimental)
+run_upgrade() {
+    local status=0
+    upgrade_in 17 18 || status=1
+    upgrade_in 18 19 || status=1
+    return $status
 }
 
 green() {
