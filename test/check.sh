@@ -1,17 +1,43 @@
 #!/usr/bin/env bash
-# Run every test: pg_regress, isolation specs and TAP tests (each suite on
-# its own throwaway cluster), the example clients' end-to-end tests, and
-# the regression suite under valgrind.  Run as root on a fresh Debian 12
-# machine: it installs its packages, builds with -Werror, then runs the
-# server-side suites as the postgres user in a private copy of the tree
-# (the server refuses root).  SKIP_VALGRIND=1 leaves out the slow last step.
+# Run every test, on every PostgreSQL major Debian ships here.  Run as root
+# on a fresh Debian 12 machine: it installs its packages, builds with
+# -Werror, then runs the server-side suites as the postgres user in a
+# private copy of the tree (the server refuses root).
+#
+#   PostgreSQL 15 (the host): pg_regress, isolation and TAP (each suite on
+#     its own throwaway cluster), the example clients' end-to-end tests, the
+#     regression suite under valgrind, the Debian package (built, installed,
+#     its autopkgtest run) and the PGXN distribution;
+#   17, 18 and 19 (Debian's packages in debootstrap chroots, test/matrix.sh,
+#     made in the background while 15's suites run): pg_regress, isolation
+#     and TAP each; pg_upgrade from 17 to 18; a blue/green move by logical
+#     replication from 15 to 18, and the example clients against 18.
+#
+# SKIP_VALGRIND=1 leaves out the valgrind run, IDEM_MAJORS="18" (default
+# "17 18 19") chooses the chroot majors and IDEM_MAJORS="" leaves them all
+# out, with the upgrade and blue/green tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash test/setup.sh
+majors=${IDEM_MAJORS-17 18 19}
+
+# The chroots (cached between runs on one machine) are made while the
+# host's suites run: debootstrap and apt wait on the mirror and the disk.
+prepare_log=$(mktemp /tmp/idempotency-matrix-prepare.XXXXXX)
+prepare_pid=
+if [ -n "$majors" ]; then
+    (for v in $majors 18; do bash test/matrix.sh prepare "$v" || exit 1; done) >"$prepare_log" 2>&1 &
+    prepare_pid=$!
+fi
 
 work=$(mktemp -d /tmp/idempotency-check.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+    [ -z "$prepare_pid" ] || kill "$prepare_pid" 2>/dev/null || true
+    bash test/matrix.sh green stop >/dev/null 2>&1 || true
+    rm -rf "$work" "$prepare_log"
+}
+trap cleanup EXIT
 rsync -a --exclude .git --exclude node_modules ./ "$work/"
 chown -R postgres "$work"
 
@@ -44,14 +70,50 @@ installcheck() {
     return $status
 }
 
-step "pg_regress, isolation and TAP suites" installcheck
-step "example clients" bash examples/run-tests.sh
+step "PostgreSQL 15: pg_regress, isolation and TAP suites" installcheck
+step "PostgreSQL 15: example clients" bash examples/run-tests.sh
 if [ -z "${SKIP_VALGRIND:-}" ]; then
     # the lease specs too (their waits and takeovers run only under
     # concurrency); all specs (SPECS=all) add about 30 s more under memcheck
     lease_specs=$(cd test/specs && ls race_lease_*.spec | sed 's/\.spec$//' | tr '\n' ' ')
-    step "regression suite under valgrind" env SPECS="$lease_specs" bash test/valgrind.sh
+    step "PostgreSQL 15: regression suite under valgrind" env SPECS="$lease_specs" bash test/valgrind.sh
+fi
+step "Debian package: build, install, autopkgtest" bash test/deb.sh
+step "PGXN distribution" bash test/dist.sh
+
+if [ -n "$majors" ]; then
+    prepared() {
+        local status=0
+        wait "$prepare_pid" || status=$?
+        prepare_pid=
+        cat "$prepare_log"
+        return $status
+    }
+    step "chroots for PostgreSQL $majors" prepared
+    for v in $majors; do
+        step "PostgreSQL $v: build with -Werror, pg_regress, isolation and TAP suites" bash test/matrix.sh "$v"
+    done
+    step "pg_upgrade from 17 to 18" bash test/matrix.sh upgrade
+
+    # blue (15, the host) to green (18, the sid chroot) over loopback; then
+    # the example clients against green
+    green_port=54418
+    bluegreen() {
+        su postgres -c "cd '$work' && IDEM_GREEN_PORT=$green_port make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config \
+            installcheck REGRESS= ISOLATION= PROVE_TESTS=test/t/051_blue_green.pl" || {
+            tail -n 80 "$work"/tmp_check/log/regress_log_051_blue_green 2>/dev/null
+            return 1
+        }
+    }
+    if IDEM_GREEN_PORT=$green_port bash test/matrix.sh green start; then
+        step "blue/green by logical replication from 15 to 18" bluegreen
+        step "PostgreSQL 18: example clients" env EXAMPLES_SERVER=127.0.0.1:$green_port bash examples/run-tests.sh
+        bash test/matrix.sh green stop
+    else
+        failed=$((failed + 1))
+        echo "##### PostgreSQL 18 server for blue/green: FAILED"
+    fi
 fi
 
-echo "suites: $passed passed, $failed failed"
+echo "suites: $passed passed, $failed failed (${SECONDS} s)"
 [ "$failed" -eq 0 ]

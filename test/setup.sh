@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing the extension needs (Debian 12,
-# PostgreSQL 15 from Debian's packages), then build with warnings as errors
+# PostgreSQL 15 from Debian's packages; the other majors come in
+# test/matrix.sh's chroots), then build with warnings as errors
 # and install.  Run as root from anywhere in the checkout; idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +13,13 @@ fi
 
 # server and build; TAP; examples (libpq for C, psycopg for Python,
 # PgBouncer for the pooling test, postgres_exporter, promtool and PyYAML for
-# the monitoring example); valgrind for test/valgrind.sh
+# the monitoring example); valgrind for test/valgrind.sh; the Debian
+# package's tools (test/deb.sh), zip tools (test/dist.sh) and debootstrap
+# (test/matrix.sh)
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync
           libpq-dev python3-psycopg pgbouncer valgrind
-          prometheus prometheus-postgres-exporter python3-yaml curl)
+          prometheus prometheus-postgres-exporter python3-yaml curl
+          debhelper postgresql-server-dev-all fakeroot zip unzip git debootstrap)
 command -v node >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
