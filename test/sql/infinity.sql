@@ -14,33 +14,7 @@ CREATE EXTENSION IF NOT EXISTS idempotency;
 RESET client_min_messages;
 TRUNCATE idem_keys;
 
--- try(stmt): 'ok: <first column>' or 'SQLSTATE: message (detail) [hint]'
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-  r text;
-  st text;
-  msg text;
-  det text;
-  hint text;
-BEGIN
-  EXECUTE stmt INTO r;
-  RETURN 'ok: ' || coalesce(r, 'NULL');
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                          det = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
-  RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' (' || det || ')' ELSE '' END
-         || CASE WHEN hint <> '' THEN ' [' || hint || ']' ELSE '' END;
-END
-$$;
-
--- the stored keys, every row version
-CREATE FUNCTION keys_state() RETURNS text LANGUAGE sql AS $$
-  SELECT count(*) || ' rows, md5 ' ||
-         coalesce(md5(string_agg(concat_ws('|', k.ctid, k.xmin, k.expires_at, k.state,
-                                           k.lease_expires_at, k.key),
-                                 ',' ORDER BY k.key)), '-')
-  FROM idem_keys k
-$$;
+\i test/helpers/regress.sql
 
 -- a leased key to extend
 SELECT token FROM idem_lease('leased', '{}'::jsonb) \gset
@@ -60,10 +34,15 @@ SELECT n, try(stmt) FROM (VALUES
 ) v(n, stmt)
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
+-- the whole error, hint included
+\set VERBOSITY default
+SELECT status FROM idem_begin('k', ttl => 'infinity');
 
 -- the largest finite ttl still works
+BEGIN;
 SELECT status, extract(year FROM expires_at) - extract(year FROM created_at) AS years
 FROM idem_begin('far', ttl => '1000 years');
+ROLLBACK;
 DROP FUNCTION try(text);
 DROP FUNCTION keys_state();
 TRUNCATE idem_keys;
