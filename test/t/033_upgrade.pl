@@ -61,16 +61,7 @@ my $APP = $IdemRequests::schema;
 sub requests_sql
 {
 	my ($prefix, $expired) = @_;
-	my $sql = qq{
-INSERT INTO requests
-SELECT CASE WHEN g % 3 = 0 THEN 'acct_' || g % 4 ELSE '' END, '$prefix-' || k || '-' || g, k,
-       CASE WHEN k = 'jsonb' THEN jsonb_build_object('amount', g * 1.5, 'lines', jsonb_build_array(g, NULL)) END,
-       CASE WHEN k = 'text' THEN '{"amount":' || g || '}' END,
-       CASE WHEN k = 'bytea' THEN sha256(g::text::bytea) END,
-       '1 day', CASE WHEN k = 'once' THEN 0 ELSE 200 + g % 3 END,
-       CASE WHEN k = 'once' OR g % 4 = 0 THEN NULL ELSE jsonb_build_object('id', g, 'kind', k) END,
-       'replay'
-FROM generate_series(1, 10) g, unnest(ARRAY['jsonb', 'text', 'bytea', 'once']) k;
+	my $sql = IdemRequests::live_requests_sql($prefix, 10) . qq{
 INSERT INTO requests VALUES ('', '$prefix-no-body', 'jsonb', NULL, NULL, NULL, '1 day', 204, NULL, 'replay');
 INSERT INTO requests
 SELECT '', '$prefix-big', 'jsonb',

@@ -80,16 +80,7 @@ my $ext_version =
 # Completed keys of every kind, keys that expire at once, and 20,000
 # expired ones for the sweeper.
 is( $old->safe_psql(
-		$db, q{
-INSERT INTO requests
-SELECT CASE WHEN g % 3 = 0 THEN 'acct_' || g % 4 ELSE '' END, 'k-' || k || '-' || g, k,
-       CASE WHEN k = 'jsonb' THEN jsonb_build_object('amount', g * 1.5, 'n', jsonb_build_array(g, NULL)) END,
-       CASE WHEN k = 'text' THEN '{"amount":' || g || '}' END,
-       CASE WHEN k = 'bytea' THEN sha256(g::text::bytea) END,
-       '1 day', CASE WHEN k = 'once' THEN 0 ELSE 200 + g % 3 END,
-       CASE WHEN k = 'once' OR g % 4 = 0 THEN NULL ELSE jsonb_build_object('id', g, 'kind', k) END,
-       'replay'
-FROM generate_series(1, 25) g, unnest(ARRAY['jsonb', 'text', 'bytea', 'once']) k;
+		$db, IdemRequests::live_requests_sql('k', 25) . q{
 INSERT INTO requests
 SELECT '', 'k-expired-' || g, 'jsonb', jsonb_build_object('e', g), NULL, NULL, '1 millisecond',
        201, NULL, 'started'

@@ -87,16 +87,7 @@ sub record
 {
 	my ($prefix, $n) = @_;
 	return $blue->safe_psql(
-		$db, qq{
-INSERT INTO requests
-SELECT CASE WHEN g % 3 = 0 THEN 'acct_' || g % 4 ELSE '' END, '$prefix-' || k || '-' || g, k,
-       CASE WHEN k = 'jsonb' THEN jsonb_build_object('amount', g * 1.5) END,
-       CASE WHEN k = 'text' THEN '{"amount":' || g || '}' END,
-       CASE WHEN k = 'bytea' THEN sha256(g::text::bytea) END,
-       '1 day', CASE WHEN k = 'once' THEN 0 ELSE 200 + g % 3 END,
-       CASE WHEN k = 'once' OR g % 4 = 0 THEN NULL ELSE jsonb_build_object('id', g) END,
-       'replay'
-FROM generate_series(1, $n) g, unnest(ARRAY['jsonb', 'text', 'bytea', 'once']) k;
+		$db, IdemRequests::live_requests_sql($prefix, $n) . qq{
 SELECT count(*) FROM requests r, handle(r) s WHERE r.key LIKE '$prefix-%' AND s <> 'started';});
 }
 is(record('before', 50), '0', '200 keys completed on blue before replication');

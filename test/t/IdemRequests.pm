@@ -1,4 +1,4 @@
-# Shared by the TAP tests that replay recorded requests (032, 033): the
+# Shared by the TAP tests that replay recorded requests (032, 033, 050, 051): the
 # application side, created in a database after the extension.  requests
 # records what was sent (kind jsonb, text, bytea or once; the body of its
 # kind; ttl; the response to store; the status a retry must get);
@@ -71,5 +71,23 @@ SELECT string_agg(format('%s/%s %s %s %s %s', r.scope, r.key, b.status, b.respon
                          b.created_at, b.expires_at), E'\n' ORDER BY r.scope, r.key)
 FROM requests r, begin_request(r, true) b WHERE r.kind <> 'once' AND r.expect = 'replay';
 ROLLBACK;};
+
+# The INSERT of requests named $prefix-<kind>-<g>, g = 1..$n, for each of
+# the four kinds: scopes, codes and responses vary with g, every one
+# expected to replay.
+sub live_requests_sql
+{
+	my ($prefix, $n) = @_;
+	return qq{
+INSERT INTO requests
+SELECT CASE WHEN g % 3 = 0 THEN 'acct_' || g % 4 ELSE '' END, '$prefix-' || k || '-' || g, k,
+       CASE WHEN k = 'jsonb' THEN jsonb_build_object('amount', g * 1.5, 'lines', jsonb_build_array(g, NULL)) END,
+       CASE WHEN k = 'text' THEN '{"amount":' || g || '}' END,
+       CASE WHEN k = 'bytea' THEN sha256(g::text::bytea) END,
+       '1 day', CASE WHEN k = 'once' THEN 0 ELSE 200 + g % 3 END,
+       CASE WHEN k = 'once' OR g % 4 = 0 THEN NULL ELSE jsonb_build_object('id', g, 'kind', k) END,
+       'replay'
+FROM generate_series(1, $n) g, unnest(ARRAY['jsonb', 'text', 'bytea', 'once']) k;};
+}
 
 1;
