@@ -44,15 +44,15 @@ chown -R postgres "$work"
 passed=0
 failed=0
 step() {
-    local name=$1
+    local name=$1 t0=$SECONDS
     shift
     echo "##### $name"
     if "$@"; then
         passed=$((passed + 1))
-        echo "##### $name: ok"
+        echo "##### $name: ok ($((SECONDS - t0)) s)"
     else
         failed=$((failed + 1))
-        echo "##### $name: FAILED"
+        echo "##### $name: FAILED ($((SECONDS - t0)) s)"
     fi
 }
 
