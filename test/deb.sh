@@ -5,7 +5,8 @@
 # installcheck: pg_regress and isolation against the installed files in a
 # throwaway cluster).  Then remove the package and install from source
 # again, so that the machine is as it was.  Run as root after
-# test/setup.sh.  The .deb is left in $IDEM_DEB_OUT if that is set.
+# test/setup.sh.  The .deb (and the build log) are left in $IDEM_DEB_OUT
+# if that is set.  It refuses to run where the package is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$(pwd)
@@ -20,14 +21,25 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# A machine that has the package installed keeps it: this script would
+# replace it with a source install at the end.
+if dpkg-query -W -f='${Status}' postgresql-15-idempotency 2>/dev/null | grep -q "ok installed"; then
+    echo "test/deb.sh: postgresql-15-idempotency is installed here; remove it first (the test installs its own build, then a source install)" >&2
+    exit 2
+fi
+
 work=$(mktemp -d /tmp/idempotency-deb.XXXXXX)
 # the test cluster runs as postgres and reads the built files in here
 chmod 755 "$work"
-keep_log() { [ -f "$work/build.log" ] && cp "$work/build.log" /tmp/idempotency-deb-build.log; }
+# Put the source install back whatever failed: every step runs.
 restore() {
-    keep_log
-    dpkg -r postgresql-15-idempotency >/dev/null 2>&1 || true
-    make -s -C "$src" PG_CONFIG=$pg_config install >/dev/null
+    set +e
+    if [ -f "$work/build.log" ] && [ -n "${IDEM_DEB_OUT:-}" ]; then
+        mkdir -p "$IDEM_DEB_OUT" && cp "$work/build.log" "$IDEM_DEB_OUT/"
+    fi
+    dpkg-query -W postgresql-15-idempotency >/dev/null 2>&1 && dpkg -r postgresql-15-idempotency >/dev/null
+    make -s -C "$src" PG_CONFIG=$pg_config install >/dev/null ||
+        echo "test/deb.sh: could not install from source again: run make install" >&2
     rm -rf "$work"
 }
 trap restore EXIT
@@ -58,8 +70,9 @@ make -s -C "$src" PG_CONFIG=$pg_config uninstall
 apt-get install -y -qq "$deb" >/dev/null
 for f in "$($pg_config --pkglibdir)/idempotency.so" \
          "$($pg_config --sharedir)/extension/idempotency.control"; do
-    dpkg -S "$f" >/dev/null || { echo "$f is not the package's"; exit 1; }
+    [ -e "$f" ] && dpkg -S "$f" >/dev/null || { echo "$f is missing or not the package's"; exit 1; }
 done
+dpkg -V postgresql-15-idempotency || { echo "installed files differ from the package's"; exit 1; }
 
 echo "== autopkgtest: debian/tests/installcheck on the installed package"
 # a tree with no build products: the tests use the installed files only
