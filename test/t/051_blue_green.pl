@@ -69,9 +69,12 @@ note "green is PostgreSQL $green_version";
 
 my $blue = PostgreSQL::Test::Cluster->new('blue');
 $blue->init(allows_streaming => 'logical');
+# Blue's sweeper is off too, so that the key that expires is still there to
+# be swept by green.
 $blue->append_conf(
 	'postgresql.conf', q{
 shared_preload_libraries = 'idempotency'
+idempotency.sweeper = off
 listen_addresses = '127.0.0.1'
 });
 $blue->append_conf('pg_hba.conf', "host all all 127.0.0.1/32 trust\n");
@@ -107,16 +110,19 @@ green($db, "CREATE SUBSCRIPTION blue_green CONNECTION '$blue_conn' PUBLICATION b
 
 # While the initial copy and then streaming run: more keys, a lease with a
 # checkpoint, a key that expires.
-my $lease_token = '';
+my ($lease_token, $long_token) = ('', '');
 for my $round (1 .. 5)
 {
 	is(record("during$round", 10), '0', "40 keys completed on blue during replication ($round)");
 	if ($round == 2)
 	{
-		($lease_token) = $blue->safe_psql($db,
+		# one lease that runs out on green, one that is still held there
+		$lease_token = $blue->safe_psql($db,
 			q{SELECT token FROM idem_lease('job-1', '{"job": 1}', lease => '2 seconds')});
 		$blue->safe_psql($db,
 			qq{SELECT idem_checkpoint('job-1', '$lease_token', 'charged', '{"charge": "ch_9"}')});
+		$long_token = $blue->safe_psql($db,
+			q{SELECT token FROM idem_lease('job-2', '{"job": 2}', lease => '1 hour')});
 		$blue->safe_psql($db,
 			q{BEGIN; SELECT status FROM idem_begin('short', '{}', ttl => '1 second');
 			  SELECT idem_finish('short', 200); COMMIT;});
@@ -140,6 +146,10 @@ is(green($db,
 	$blue_keys, 'green has every key record of blue, byte for byte');
 my $retries = $blue->safe_psql($db, $IdemRequests::retries);
 my $mismatches = $blue->safe_psql($db, $IdemRequests::mismatches);
+like($retries, qr/replay/, 'retries replay on blue');
+unlike($retries, qr/ started /, 'no key starts again on blue');
+like($mismatches, qr/mismatch/, 'other bodies are mismatches on blue');
+unlike($mismatches, qr/ (replay|started) /, 'and nothing else');
 green($db, 'DROP SUBSCRIPTION blue_green');
 $blue->stop;
 
@@ -152,7 +162,16 @@ SELECT count(*) FILTER (WHERE s = 'started') || ' ' || (SELECT count(*) FROM ord
 FROM requests r, handle(r) s}),
 	'0 300', 'handling every request again on green does no work twice');
 
-# The lease: in_progress until it runs out, then resumed at its checkpoint.
+# The held lease: in_progress for others on green, its holder's token
+# still fences (another is refused, its own checkpoints).
+is(green($db, q{SELECT status FROM idem_lease('job-2', '{"job": 2}')}), 'in_progress',
+	'a lease held on blue is in_progress for others on green');
+my ($ok, $out, $err) = green($db, q{SELECT idem_checkpoint('job-2', gen_random_uuid(), 'x')}, 1);
+like($err, qr/held by another token/, 'a checkpoint with another token is refused on green');
+is(green($db, qq{SELECT idem_checkpoint('job-2', '$long_token', 'shipped') > now()}), 't',
+	'the holder checkpoints on green with the token blue gave it');
+
+# The short lease: runs out, then resumed at its checkpoint.
 ok( green_poll($db, q{SELECT lease_expires_at < now() FROM idem_keys WHERE key = 'job-1'}, 't'),
 	'the lease taken on blue runs out on green');
 is( green(
@@ -160,11 +179,16 @@ is( green(
 SELECT status || ' ' || phase || ' ' || state::text FROM idem_lease('job-1', '{"job": 1}')}),
 	'resumed charged {"charge": "ch_9"}', 'the lease resumes on green at its phase and state');
 
-# Green's sweeper on: the key that expired is swept.
+# Green's sweeper on: the key that expired (nobody swept it yet) is swept.
+is(green($db, q{SELECT count(*) FROM idem_keys WHERE key = 'short' AND expires_at < now()}), '1',
+	'the key that expired came across unswept');
 green('postgres', 'ALTER SYSTEM RESET idempotency.sweeper');
 green('postgres', 'SELECT pg_reload_conf()');
 ok(green_poll($db, q{SELECT count(*) FROM idem_keys WHERE key = 'short'}, '0'),
 	'green sweeps what expired');
+ok(green_poll($db,
+		qq{SELECT keys_removed > 0 FROM idem_sweeper_status() WHERE datname = '$db'}, 't'),
+	"green's sweeper says it removed it");
 
 green('postgres', "DROP DATABASE $db");
 done_testing();
