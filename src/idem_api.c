@@ -196,7 +196,8 @@ IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 				 errdetail("The %s given was %s.", what,
 						   DatumGetCString(DirectFunctionCall1(interval_out,
 															   IntervalPGetDatum(value)))),
-				 errhint("A %s is at most %d years.", what, IDEM_MAX_INTERVAL_YEARS)));
+				 errhint("Each part of a %s (months, days, time) is at most %d years.",
+						 what, IDEM_MAX_INTERVAL_YEARS)));
 	memset(&zero, 0, sizeof(zero));
 	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
 										  IntervalPGetDatum(&zero))))

@@ -46,10 +46,11 @@
 #endif
 
 /*
- * 19 lets DROP DATABASE (and ALTER DATABASE ... RENAME and the like)
- * terminate a worker connected to the database, as it does a backend,
- * instead of failing while the worker is there.  A sweep worker can stop at
- * any row, so it asks for that; before 19 it only keeps its visits short.
+ * 19 lets CREATE DATABASE (from it as template), ALTER DATABASE and DROP
+ * DATABASE terminate a worker connected to the database, as they do a
+ * backend, instead of failing while the worker is there.  A sweep worker
+ * can stop at any row, so it asks for that; before 19 it only keeps its
+ * visits short.
  */
 #ifndef BGWORKER_INTERRUPTIBLE
 #define BGWORKER_INTERRUPTIBLE 0

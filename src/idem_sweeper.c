@@ -404,7 +404,7 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	DatabaseState *state;
 
 	memset(&worker, 0, sizeof(worker));
-	/* DROP DATABASE may end a visit (19; a no-op flag before) */
+	/* CREATE, ALTER or DROP DATABASE of it may end a visit (19; 0 before) */
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION |
 		BGWORKER_INTERRUPTIBLE;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;

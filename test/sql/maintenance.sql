@@ -1,6 +1,6 @@
 --
--- maintenance: an application role cannot run maintenance commands on the
--- key table (only its owner and superusers can).  The commands that skip a
+-- maintenance: a role that owns neither the key table nor the database
+-- cannot run maintenance commands on the key table.  The commands that skip a
 -- table they may not touch say so in a warning whose wording changed in
 -- PostgreSQL 17; the expected output of 15 and 16 is maintenance_1.out.
 --
