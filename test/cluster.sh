@@ -10,7 +10,9 @@
 #                            (more postgres command-line options)
 #   as_pg CMD                run a shell command line as postgres
 
-PG_BIN=/usr/lib/postgresql/15/bin
+# the host's 15, or PG_MAJOR's (test/matrix.sh 19 valgrind)
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 
 as_pg() { su postgres -c "$*"; }
 

@@ -7,6 +7,7 @@
 #   test/matrix.sh 18 REGRESS=api ISOLATION= PROVE_TESTS=
 #                                the same with make variables for installcheck
 #   test/matrix.sh 18 shell      a shell in the chroot, the tree in /build
+#   test/matrix.sh 18 valgrind   test/valgrind.sh there (SPECS as for it)
 #   test/matrix.sh prepare 18    only make the chroot
 #   test/matrix.sh upgrade       pg_upgrade 17 -> 18 in the sid chroot and
 #                                18 -> 19 in the experimental one
@@ -48,7 +49,7 @@ chroot_of() {
         *) die "no Debian package of PostgreSQL $1 here (tested: 17 18 19; 15 is the host's)" ;;
     esac
 }
-base_packages="build-essential rsync libipc-run-perl ca-certificates locales-all pgbouncer"
+base_packages="build-essential rsync libipc-run-perl ca-certificates locales-all pgbouncer valgrind"
 packages_of() {
     case $1 in
         trixie) echo "postgresql-17 postgresql-server-dev-17 libpq-dev $base_packages" ;;
@@ -220,6 +221,11 @@ run_major() {
     if [ "${1:-}" = shell ]; then
         build_in "$root" "$v"
         chroot "$root" /bin/bash -l
+        return
+    fi
+    if [ "${1:-}" = valgrind ]; then
+        build_in "$root" "$v"
+        in_chroot "$root" "cd /build && PG_MAJOR=$v ${SPECS:+SPECS='$SPECS'} bash test/valgrind.sh"
         return
     fi
     echo "PostgreSQL $v: $(in_chroot "$root" "/usr/lib/postgresql/$v/bin/postgres --version")"

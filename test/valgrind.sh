@@ -39,13 +39,13 @@ status=0
 # time: the one-transaction batches of api.sql and xact.sql at 10,000 keys
 # instead of 100,000 and 20,000, hostile.sql's big bodies at 8 MiB.
 as_pg "cd '$dir/src-copy' && PGOPTIONS='-c idem_test.batch_keys=10000 -c idem_test.body_mib=8' \
-    /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+    /usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/regress/pg_regress \
     --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out' \
     --bindir=$bin $tests" || status=$?
 specs=${SPECS:-}
 [ "$specs" = all ] && specs=$(cd test/specs && ls *.spec | sed 's/\.spec$//' | sort | tr '\n' ' ')
 if [ -n "$specs" ]; then
-    as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress \
+    as_pg "cd '$dir/src-copy' && /usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/isolation/pg_isolation_regress \
         --host='$dir' --port=54330 --inputdir=test --outputdir='$dir/out-iso' \
         --bindir=$bin $specs" || status=$?
 fi
