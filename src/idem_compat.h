@@ -23,7 +23,6 @@
 #endif
 
 #define PG16_GE (PG_VERSION_NUM >= 160000)
-#define PG17_GE (PG_VERSION_NUM >= 170000)
 #define PG18_GE (PG_VERSION_NUM >= 180000)
 #define PG19_GE (PG_VERSION_NUM >= 190000)
 
@@ -38,8 +37,8 @@
 #endif
 
 /*
- * 17 made interval able to hold +/-infinity.  Before
- * it no interval is infinite, which the backfilled macro says.
+ * 17 made interval able to hold +/-infinity.  Before it no interval is
+ * infinite, which the backfilled macro says.
  */
 #ifndef INTERVAL_NOT_FINITE
 #define INTERVAL_NOT_FINITE(i) false
@@ -57,8 +56,8 @@
 #endif
 
 /*
- * 18 added the instrumentation argument, 19 a flags
- * word.  The store never asks for either.
+ * 18 added the instrumentation argument, 19 a flags word.  The store never
+ * asks for either.
  */
 static inline IndexScanDesc
 index_beginscan_compat(Relation heap, Relation index, Snapshot snapshot,
