@@ -1,11 +1,14 @@
 /*
  * idem_api.c
- *	  The SQL-callable functions: argument checks and the status logic of
- *	  contract sections 2, 4, 5 and 7.
+ *	  The SQL-callable functions of keys done in one transaction (begin,
+ *	  finish, release, once, lookup, fingerprint, sweep): the status logic
+ *	  of contract sections 4, 5 and 7.
  *
  * Statuses are decided here from what the key store reports and what this
- * transaction has open (idem_xact.c).  Times are now(): the start of the
- * calling transaction.
+ * transaction has open (idem_xact.c).  Arguments are read by idem_args.c,
+ * the decisions about one key that leases share are idem_key.c's, and a
+ * finish or release given a token goes to idem_lease.c.  Times are now():
+ * the start of the calling transaction.
  */
 #include "postgres.h"
 
@@ -13,16 +16,16 @@
 #include "access/xact.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "idem_api.h"
-#include "idem_compat.h"
+#include "idem_args.h"
 #include "idem_fingerprint.h"
+#include "idem_key.h"
+#include "idem_lease.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
@@ -56,217 +59,6 @@ PG_FUNCTION_INFO_V1(idem_lookup);
 PG_FUNCTION_INFO_V1(idem_fingerprint_jsonb);
 PG_FUNCTION_INFO_V1(idem_fingerprint_bytes);
 PG_FUNCTION_INFO_V1(idem_sweep);
-
-/* The call site's cache, built on first use. */
-IdemCallCache *
-IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
-{
-	IdemCallCache *cache = fcinfo->flinfo->fn_extra;
-
-	if (cache == NULL)
-	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		cache = palloc0(sizeof(IdemCallCache));
-		IdemStoreResolve(fcinfo, &cache->oids);
-		if (returns_row)
-		{
-			TupleDesc	desc;
-
-			if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-				elog(ERROR, "return type must be a row type");
-			cache->result_desc = BlessTupleDesc(CreateTupleDescCopy(desc));
-		}
-		MemoryContextSwitchTo(oldcxt);
-		fcinfo->flinfo->fn_extra = cache;
-	}
-	return cache;
-}
-
-/* Raise 22004 for a NULL argument. */
-void
-IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-}
-
-/* A key or scope argument, checked against contract section 2. */
-static text *
-GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
-		   int maxlen, bool allow_empty)
-{
-	text	   *value;
-	int			len;
-
-	IdemRequireArg(fcinfo, argno, what);
-	value = PG_GETARG_TEXT_PP(argno);
-	len = VARSIZE_ANY_EXHDR(value);
-	if (len == 0 && !allow_empty)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
-	if (len > maxlen)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", what),
-				 errdetail("It is %d bytes; the limit is %d bytes.", len, maxlen)));
-	return value;
-}
-
-/* The (scope, key) of a call. */
-void
-IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
-			   IdemKey *key)
-{
-	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
-						  IDEM_KEY_MAX_LEN, false);
-	key->scope = GetNameArg(fcinfo, scope_argno, "idempotency scope",
-							IDEM_SCOPE_MAX_LEN, true);
-	key->hash = IdemKeyHash(key->scope, key->key);
-}
-
-/* Raise 22023 for a ttl (or lease) that is not positive. */
-static void
-RejectInterval(const char *what, Interval *value)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("%s must be positive", what),
-			 errdetail("The %s given was %s.", what,
-					   DatumGetCString(DirectFunctionCall1(interval_out,
-														   IntervalPGetDatum(value))))));
-}
-
-/*
- * now() + ttl (or another interval argument, named what), checked to be
- * positive.  A mixed interval such as
- * '1 month -29 days' compares as positive (a month counts as 30 days) yet
- * can land before now() in a short month or across a DST change, so the
- * resulting time is checked too.
- */
-TimestampTz
-IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
-			  TimestampTz now)
-{
-	IdemRequireArg(fcinfo, argno, what);
-	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), what);
-}
-
-/*
- * The longest ttl, lease or extend, in years.  Each part of the interval
- * (months, days, time) is bounded by it, so now() plus the interval stays
- * far inside the timestamp range whatever the signs of the parts, and a
- * value past it is a bad argument (22023) rather than an overflow (22008).
- */
-#define IDEM_MAX_INTERVAL_YEARS 1000
-
-/* Has any part of the interval more than IDEM_MAX_INTERVAL_YEARS? */
-bool
-IdemIntervalTooLong(const Interval *value)
-{
-	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
-
-	const int64 max_months = (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR;
-
-	return value->month > max_months || value->month < -max_months ||
-		value->day > max_days || value->day < -max_days ||
-		value->time > max_days * USECS_PER_DAY ||
-		value->time < -max_days * USECS_PER_DAY;
-}
-
-/* now + value, which must be positive, not too long, and land after now. */
-TimestampTz
-IdemAddInterval(TimestampTz now, Interval *value, const char *what)
-{
-	Interval	zero;
-	TimestampTz result;
-
-	/*
-	 * From 17 on an interval may be +/-infinity.  A key that is never swept
-	 * is not something a ttl can ask for on 15 and 16 (their interval input
-	 * refuses 'infinity'), so no version takes it: one answer everywhere.
-	 */
-	if (INTERVAL_NOT_FINITE(value))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be finite", what),
-				 errdetail("The %s given was %s.", what,
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(value)))),
-				 errhint("Each part of a %s (months, days, time) is at most %d years.",
-						 what, IDEM_MAX_INTERVAL_YEARS)));
-	memset(&zero, 0, sizeof(zero));
-	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
-										  IntervalPGetDatum(&zero))))
-		RejectInterval(what, value);
-	if (IdemIntervalTooLong(value))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", what),
-				 errdetail("The %s given was %s; the limit is %d years.", what,
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(value))),
-						   IDEM_MAX_INTERVAL_YEARS)));
-	result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-													 TimestampTzGetDatum(now),
-													 IntervalPGetDatum(value)));
-	if (result <= now)
-		RejectInterval(what, value);
-	return result;
-}
-
-/* Printable key and scope for messages. */
-char *
-IdemKeyName(const IdemKey *key)
-{
-	char	   *k = text_to_cstring(key->key);
-
-	if (VARSIZE_ANY_EXHDR(key->scope) == 0)
-		return psprintf("\"%s\"", k);
-	return psprintf("\"%s\" in scope \"%s\"", k, text_to_cstring(key->scope));
-}
-
-/*
- * Do two fingerprints match?  NULL (no body) matches only NULL, of any
- * kind.  Bodies of different kinds never match; a record from before 0.3.0
- * has no kind and matches by digest alone, as it did then.
- */
-bool
-IdemFingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
-{
-	if (a->isnull || b->isnull)
-		return a->isnull && b->isnull;
-	if (a->kind != b->kind &&
-		a->kind != IDEM_FP_KIND_NONE && b->kind != IDEM_FP_KIND_NONE)
-		return false;
-	return memcmp(a->bytes, b->bytes, IDEM_FINGERPRINT_LEN) == 0;
-}
-
-/*
- * Under REPEATABLE READ or SERIALIZABLE, a record committed by a transaction
- * our snapshot cannot see must not be reported: the caller's other reads
- * would disagree with it.  Raise a serialization failure, so the
- * application's ordinary retry runs again with a new snapshot (contract
- * section 5).
- */
-void
-IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
-{
-	if (!IsolationUsesXactSnapshot())
-		return;
-	if (TransactionIdIsCurrentTransactionId(rec->xmin))
-		return;
-	if (XidInMVCCSnapshot(rec->xmin, GetTransactionSnapshot()))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent use of idempotency key %s",
-						IdemKeyName(key)),
-				 errdetail("The key was completed by a transaction that committed after this transaction's snapshot was taken."),
-				 errhint("Retry the transaction; the retry will see the stored response.")));
-}
 
 /*
  * Result for a live record: replay or mismatch, or for a leased key whose
@@ -364,55 +156,6 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
 }
 
 /*
- * Probe the key once no other transaction is writing its record: wait for a
- * transaction still inserting it (or deleting it before it expired), or,
- * if !wait, return IDEM_PROBE_BUSY at once.  Otherwise IDEM_PROBE_FOUND
- * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, or one
- * a sweeper is deleting, counts as none, and *stale then says the caller
- * must clear it before inserting (IdemClearExpiredRecord).  With the key's
- * lock held, nobody else can change the record after the wait.
- *
- * A caller that holds the key's lock (key_locked) lets it go while it waits
- * and takes it again before probing again: the transaction waited for may
- * need the lock for its next call on the key (a lease holder that
- * checkpoints, then finishes), and would otherwise deadlock with us.
- */
-IdemProbeResult
-IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
-				 bool wait, bool key_locked, IdemRecord *rec, bool *stale)
-{
-	for (;;)
-	{
-		SnapshotData dirty;
-		TransactionId xwait = InvalidTransactionId;
-		IdemProbeResult probe;
-
-		CHECK_FOR_INTERRUPTS();
-		InitDirtySnapshot(dirty);
-		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
-		if (probe == IDEM_PROBE_BUSY &&
-			(rec->inserting || rec->expires_at > now))
-		{
-			/* finished by a transaction still running */
-			if (!wait)
-				return IDEM_PROBE_BUSY;
-			if (key_locked)
-				IdemKeyUnlock(key);
-			XactLockTableWait(xwait, store->heap, &rec->tid,
-							  XLTW_InsertIndexUnique);
-			if (key_locked)
-				(void) IdemKeyLock(key, true);
-			continue;
-		}
-		*stale = false;
-		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
-			return IDEM_PROBE_FOUND;
-		*stale = (probe != IDEM_PROBE_ABSENT);
-		return IDEM_PROBE_ABSENT;
-	}
-}
-
-/*
  * Wait until the key is free and decide, holding its lock: a live record
  * gives replay or mismatch (and the lock is let go), no live record gives
  * "started" (and the lock is kept, for idem_begin).  A begin itself writes
@@ -447,38 +190,6 @@ LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 }
 
 /*
- * Before writing a key's record, remove the expired record it replaces.
- * Called only when LockAndProbe saw one: while we hold the key's lock no
- * record can appear, so a key that was absent needs no second look.  The
- * only other transaction that can be at this row is one deleting it (a
- * sweep): wait for that one.
- */
-void
-IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
-{
-	for (;;)
-	{
-		SnapshotData dirty;
-		IdemRecord	rec;
-		TransactionId xwait = InvalidTransactionId;
-		IdemProbeResult probe;
-
-		CHECK_FOR_INTERRUPTS();
-		InitDirtySnapshot(dirty);
-		probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
-		if (probe == IDEM_PROBE_ABSENT)
-			return;
-		if (probe == IDEM_PROBE_BUSY)
-			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
-		else if (rec.expires_at <= now)
-			(void) IdemStoreDelete(store, &rec.tid, true);
-		else
-			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
-				 IdemKeyName(key));
-	}
-}
-
-/*
  * Is there a live record for the key?  The common replay case is answered
  * from one probe, without taking any lock or writing anything.
  */
@@ -497,27 +208,6 @@ ProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
 		return true;
 	}
 	return false;
-}
-
-/* Refuse to begin a key that this transaction has open. */
-void
-IdemCheckNotOpen(const IdemKey *key, const char *verb)
-{
-	IdemOpenKey *open = IdemOpenKeyFind(key);
-
-	if (open == NULL || IdemOpenKeyState(open) == IDEM_OPEN_FINISHED)
-		return;
-	if (IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot %s idempotency key %s because this transaction has already begun it",
-						verb, IdemKeyName(key)),
-				 errhint("Call idem_finish() or idem_release() first.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("cannot %s idempotency key %s because a subtransaction still open released it",
-					verb, IdemKeyName(key)),
-			 errhint("Begin it again after RELEASE SAVEPOINT.")));
 }
 
 /* How an idem_begin variant fingerprints its request. */
@@ -614,36 +304,6 @@ Datum
 idem_begin_bytea(PG_FUNCTION_ARGS)
 {
 	return BeginKey(fcinfo, IDEM_BODY_BYTES);
-}
-
-/* Describe the actual state of a key that the caller may not finish. */
-const char *
-IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
-{
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	SnapshotData dirty;
-	IdemRecord	rec;
-	TransactionId xwait;
-	IdemProbeResult probe;
-
-	if (open != NULL)
-		return IdemOpenKeyState(open) == IDEM_OPEN_FINISHED ?
-			"already finished in this transaction" :
-			"already released in this transaction";
-
-	if (IdemKeyLockedByOthers(key))
-		return "in progress in another transaction";
-	InitDirtySnapshot(dirty);
-	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
-	if (probe == IDEM_PROBE_BUSY && rec.inserting)
-		return "in progress in another transaction";
-	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
-		rec.state == IDEM_STATE_LEASED)
-		return "leased (pass the token that idem_lease() returned)";
-	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
-		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
-			"already finished in this transaction" : "completed";
-	return "absent";
 }
 
 /*

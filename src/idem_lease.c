@@ -35,8 +35,10 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
-#include "idem_api.h"
+#include "idem_args.h"
 #include "idem_fingerprint.h"
+#include "idem_key.h"
+#include "idem_lease.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"

@@ -1,0 +1,179 @@
+/*
+ * idem_args.c
+ *	  The arguments of the SQL-callable functions: the call site's cache, the
+ *	  NULL check, key and scope (contract section 2), and the intervals
+ *	  (ttl, lease, extend) turned into times.
+ *
+ * Every SQL surface (idem_api.c, idem_lease.c) reads its arguments through
+ * here, so a bad argument gets the same SQLSTATE and message from every
+ * function.
+ */
+#include "postgres.h"
+
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "idem_args.h"
+#include "idem_compat.h"
+
+/* The call site's cache, built on first use. */
+IdemCallCache *
+IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
+{
+	IdemCallCache *cache = fcinfo->flinfo->fn_extra;
+
+	if (cache == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		cache = palloc0(sizeof(IdemCallCache));
+		IdemStoreResolve(fcinfo, &cache->oids);
+		if (returns_row)
+		{
+			TupleDesc	desc;
+
+			if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+				elog(ERROR, "return type must be a row type");
+			cache->result_desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		}
+		MemoryContextSwitchTo(oldcxt);
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	return cache;
+}
+
+/* Raise 22004 for a NULL argument. */
+void
+IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+}
+
+/* A key or scope argument, checked against contract section 2. */
+static text *
+GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
+		   int maxlen, bool allow_empty)
+{
+	text	   *value;
+	int			len;
+
+	IdemRequireArg(fcinfo, argno, what);
+	value = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(value);
+	if (len == 0 && !allow_empty)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > maxlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %d bytes; the limit is %d bytes.", len, maxlen)));
+	return value;
+}
+
+/* The (scope, key) of a call. */
+void
+IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
+			   IdemKey *key)
+{
+	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
+						  IDEM_KEY_MAX_LEN, false);
+	key->scope = GetNameArg(fcinfo, scope_argno, "idempotency scope",
+							IDEM_SCOPE_MAX_LEN, true);
+	key->hash = IdemKeyHash(key->scope, key->key);
+}
+
+/* Raise 22023 for a ttl (or lease) that is not positive. */
+static void
+RejectInterval(const char *what, Interval *value)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be positive", what),
+			 errdetail("The %s given was %s.", what,
+					   DatumGetCString(DirectFunctionCall1(interval_out,
+														   IntervalPGetDatum(value))))));
+}
+
+/*
+ * now() + ttl (or another interval argument, named what), checked to be
+ * positive.  A mixed interval such as
+ * '1 month -29 days' compares as positive (a month counts as 30 days) yet
+ * can land before now() in a short month or across a DST change, so the
+ * resulting time is checked too.
+ */
+TimestampTz
+IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
+			  TimestampTz now)
+{
+	IdemRequireArg(fcinfo, argno, what);
+	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), what);
+}
+
+/*
+ * The longest ttl, lease or extend, in years.  Each part of the interval
+ * (months, days, time) is bounded by it, so now() plus the interval stays
+ * far inside the timestamp range whatever the signs of the parts, and a
+ * value past it is a bad argument (22023) rather than an overflow (22008).
+ */
+#define IDEM_MAX_INTERVAL_YEARS 1000
+
+/* Has any part of the interval more than IDEM_MAX_INTERVAL_YEARS? */
+bool
+IdemIntervalTooLong(const Interval *value)
+{
+	const int64 max_days = (int64) IDEM_MAX_INTERVAL_YEARS * 366;
+
+	const int64 max_months = (int64) IDEM_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR;
+
+	return value->month > max_months || value->month < -max_months ||
+		value->day > max_days || value->day < -max_days ||
+		value->time > max_days * USECS_PER_DAY ||
+		value->time < -max_days * USECS_PER_DAY;
+}
+
+/* now + value, which must be positive, not too long, and land after now. */
+TimestampTz
+IdemAddInterval(TimestampTz now, Interval *value, const char *what)
+{
+	Interval	zero;
+	TimestampTz result;
+
+	/*
+	 * From 17 on an interval may be +/-infinity.  A key that is never swept
+	 * is not something a ttl can ask for on 15 and 16 (their interval input
+	 * refuses 'infinity'), so no version takes it: one answer everywhere.
+	 */
+	if (INTERVAL_NOT_FINITE(value))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be finite", what),
+				 errdetail("The %s given was %s.", what,
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(value)))),
+				 errhint("Each part of a %s (months, days, time) is at most %d years.",
+						 what, IDEM_MAX_INTERVAL_YEARS)));
+	memset(&zero, 0, sizeof(zero));
+	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(value),
+										  IntervalPGetDatum(&zero))))
+		RejectInterval(what, value);
+	if (IdemIntervalTooLong(value))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("The %s given was %s; the limit is %d years.", what,
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(value))),
+						   IDEM_MAX_INTERVAL_YEARS)));
+	result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													 TimestampTzGetDatum(now),
+													 IntervalPGetDatum(value)));
+	if (result <= now)
+		RejectInterval(what, value);
+	return result;
+}

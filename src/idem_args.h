@@ -1,0 +1,32 @@
+/*
+ * idem_args.h
+ *	  Reading and checking the arguments of the SQL-callable functions
+ *	  (idem_args.c).
+ */
+#ifndef IDEM_ARGS_H
+#define IDEM_ARGS_H
+
+#include "fmgr.h"
+#include "access/tupdesc.h"
+#include "datatype/timestamp.h"
+
+#include "idem_store.h"
+
+/* What a call site keeps between calls, in fn_extra. */
+typedef struct IdemCallCache
+{
+	IdemStoreOids oids;
+	TupleDesc	result_desc;	/* for functions returning a row */
+} IdemCallCache;
+
+extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row);
+extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
+extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
+						   int scope_argno, IdemKey *key);
+extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
+								 const char *what, TimestampTz now);
+extern bool IdemIntervalTooLong(const Interval *value);
+extern TimestampTz IdemAddInterval(TimestampTz now, Interval *value,
+								   const char *what);
+
+#endif							/* IDEM_ARGS_H */

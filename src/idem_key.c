@@ -1,0 +1,203 @@
+/*
+ * idem_key.c
+ *	  The decisions about one key that every SQL surface shares: its name in
+ *	  messages, whether two requests match, whether the caller's snapshot
+ *	  may report its record, waiting until nobody else is writing it,
+ *	  clearing an expired record before a write, refusing a key this
+ *	  transaction has open, and describing its state for an error.
+ *
+ * idem_api.c (begin, finish, release, once, lookup) and idem_lease.c
+ * (lease, checkpoint) both sit on this; it calls neither.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/snapmgr.h"
+
+#include "idem_fingerprint.h"
+#include "idem_key.h"
+
+/* Printable key and scope for messages. */
+char *
+IdemKeyName(const IdemKey *key)
+{
+	char	   *k = text_to_cstring(key->key);
+
+	if (VARSIZE_ANY_EXHDR(key->scope) == 0)
+		return psprintf("\"%s\"", k);
+	return psprintf("\"%s\" in scope \"%s\"", k, text_to_cstring(key->scope));
+}
+
+/*
+ * Do two fingerprints match?  NULL (no body) matches only NULL, of any
+ * kind.  Bodies of different kinds never match; a record from before 0.3.0
+ * has no kind and matches by digest alone, as it did then.
+ */
+bool
+IdemFingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
+{
+	if (a->isnull || b->isnull)
+		return a->isnull && b->isnull;
+	if (a->kind != b->kind &&
+		a->kind != IDEM_FP_KIND_NONE && b->kind != IDEM_FP_KIND_NONE)
+		return false;
+	return memcmp(a->bytes, b->bytes, IDEM_FINGERPRINT_LEN) == 0;
+}
+
+/*
+ * Under REPEATABLE READ or SERIALIZABLE, a record committed by a transaction
+ * our snapshot cannot see must not be reported: the caller's other reads
+ * would disagree with it.  Raise a serialization failure, so the
+ * application's ordinary retry runs again with a new snapshot (contract
+ * section 5).
+ */
+void
+IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
+{
+	if (!IsolationUsesXactSnapshot())
+		return;
+	if (TransactionIdIsCurrentTransactionId(rec->xmin))
+		return;
+	if (XidInMVCCSnapshot(rec->xmin, GetTransactionSnapshot()))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent use of idempotency key %s",
+						IdemKeyName(key)),
+				 errdetail("The key was completed by a transaction that committed after this transaction's snapshot was taken."),
+				 errhint("Retry the transaction; the retry will see the stored response.")));
+}
+
+/*
+ * Probe the key once no other transaction is writing its record: wait for a
+ * transaction still inserting it (or deleting it before it expired), or,
+ * if !wait, return IDEM_PROBE_BUSY at once.  Otherwise IDEM_PROBE_FOUND
+ * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, or one
+ * a sweeper is deleting, counts as none, and *stale then says the caller
+ * must clear it before inserting (IdemClearExpiredRecord).  With the key's
+ * lock held, nobody else can change the record after the wait.
+ *
+ * A caller that holds the key's lock (key_locked) lets it go while it waits
+ * and takes it again before probing again: the transaction waited for may
+ * need the lock for its next call on the key (a lease holder that
+ * checkpoints, then finishes), and would otherwise deadlock with us.
+ */
+IdemProbeResult
+IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
+				 bool wait, bool key_locked, IdemRecord *rec, bool *stale)
+{
+	for (;;)
+	{
+		SnapshotData dirty;
+		TransactionId xwait = InvalidTransactionId;
+		IdemProbeResult probe;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, true, rec, &xwait);
+		if (probe == IDEM_PROBE_BUSY &&
+			(rec->inserting || rec->expires_at > now))
+		{
+			/* finished by a transaction still running */
+			if (!wait)
+				return IDEM_PROBE_BUSY;
+			if (key_locked)
+				IdemKeyUnlock(key);
+			XactLockTableWait(xwait, store->heap, &rec->tid,
+							  XLTW_InsertIndexUnique);
+			if (key_locked)
+				(void) IdemKeyLock(key, true);
+			continue;
+		}
+		*stale = false;
+		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
+			return IDEM_PROBE_FOUND;
+		*stale = (probe != IDEM_PROBE_ABSENT);
+		return IDEM_PROBE_ABSENT;
+	}
+}
+
+/*
+ * Before writing a key's record, remove the expired record it replaces.
+ * Called only when LockAndProbe saw one: while we hold the key's lock no
+ * record can appear, so a key that was absent needs no second look.  The
+ * only other transaction that can be at this row is one deleting it (a
+ * sweep): wait for that one.
+ */
+void
+IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
+{
+	for (;;)
+	{
+		SnapshotData dirty;
+		IdemRecord	rec;
+		TransactionId xwait = InvalidTransactionId;
+		IdemProbeResult probe;
+
+		CHECK_FOR_INTERRUPTS();
+		InitDirtySnapshot(dirty);
+		probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
+		if (probe == IDEM_PROBE_ABSENT)
+			return;
+		if (probe == IDEM_PROBE_BUSY)
+			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
+		else if (rec.expires_at <= now)
+			(void) IdemStoreDelete(store, &rec.tid, true);
+		else
+			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
+				 IdemKeyName(key));
+	}
+}
+
+/* Refuse to begin a key that this transaction has open. */
+void
+IdemCheckNotOpen(const IdemKey *key, const char *verb)
+{
+	IdemOpenKey *open = IdemOpenKeyFind(key);
+
+	if (open == NULL || IdemOpenKeyState(open) == IDEM_OPEN_FINISHED)
+		return;
+	if (IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s idempotency key %s because this transaction has already begun it",
+						verb, IdemKeyName(key)),
+				 errhint("Call idem_finish() or idem_release() first.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s idempotency key %s because a subtransaction still open released it",
+					verb, IdemKeyName(key)),
+			 errhint("Begin it again after RELEASE SAVEPOINT.")));
+}
+
+/* Describe the actual state of a key that the caller may not finish. */
+const char *
+IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	SnapshotData dirty;
+	IdemRecord	rec;
+	TransactionId xwait;
+	IdemProbeResult probe;
+
+	if (open != NULL)
+		return IdemOpenKeyState(open) == IDEM_OPEN_FINISHED ?
+			"already finished in this transaction" :
+			"already released in this transaction";
+
+	if (IdemKeyLockedByOthers(key))
+		return "in progress in another transaction";
+	InitDirtySnapshot(dirty);
+	probe = IdemStoreProbe(store, key, &dirty, false, &rec, &xwait);
+	if (probe == IDEM_PROBE_BUSY && rec.inserting)
+		return "in progress in another transaction";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
+		rec.state == IDEM_STATE_LEASED)
+		return "leased (pass the token that idem_lease() returned)";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
+		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
+			"already finished in this transaction" : "completed";
+	return "absent";
+}

@@ -1,0 +1,25 @@
+/*
+ * idem_key.h
+ *	  Decisions about one key shared by every SQL surface (idem_key.c).
+ */
+#ifndef IDEM_KEY_H
+#define IDEM_KEY_H
+
+#include "idem_store.h"
+#include "idem_xact.h"
+
+extern char *IdemKeyName(const IdemKey *key);
+extern bool IdemFingerprintsMatch(const IdemFingerprint *a,
+								  const IdemFingerprint *b);
+extern void IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key);
+extern void IdemCheckNotOpen(const IdemKey *key, const char *verb);
+extern IdemProbeResult IdemProbeSettled(IdemStore *store, const IdemKey *key,
+										TimestampTz now, bool wait,
+										bool key_locked, IdemRecord *rec,
+										bool *stale);
+extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
+								   TimestampTz now);
+extern const char *IdemDescribeKeyState(IdemStore *store, const IdemKey *key,
+										IdemOpenKey *open);
+
+#endif							/* IDEM_KEY_H */
