@@ -197,8 +197,11 @@ build_in() {
 suite_in() {
     local root=$1 v=$2 status=0 vars
     shift 2
+    local envs=
     vars=$(printf '%q ' "$@")
-    in_chroot "$root" "su postgres -c $(printf '%q' "cd /build && make -s PG_CONFIG=/usr/lib/postgresql/$v/bin/pg_config installcheck $vars")" ||
+    # TAP 041's database count, if the caller chose one
+    [ -z "${IDEM_TEST_DATABASES:-}" ] || envs="IDEM_TEST_DATABASES=$IDEM_TEST_DATABASES"
+    in_chroot "$root" "su postgres -c $(printf '%q' "cd /build && $envs make -s PG_CONFIG=/usr/lib/postgresql/$v/bin/pg_config installcheck $vars")" ||
         status=$?
     if [ $status -ne 0 ]; then
         local f
