@@ -73,13 +73,17 @@ mirror() {
     echo "${m%/}"
 }
 
-# Remove a chroot: first whatever is still mounted under it (a green
-# server's /dev, say), and never cross into another file system.
-remove_tree() {
+# Unmount whatever is mounted under a directory (a green server's /dev,
+# say), deepest first; remove a chroot after that, never crossing into
+# another file system.
+unmount_under() {
     local m
     for m in $(awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do
         umount -l "$m" 2>/dev/null || true
     done
+}
+remove_tree() {
+    unmount_under "$1"
     rm -rf --one-file-system "$1"
 }
 
@@ -116,6 +120,11 @@ in_chroot() {
         LANG=C.UTF-8 HOME=/root DEBIAN_FRONTEND=noninteractive bash -c "$*"
 }
 
+# the test packages of chroot NAME, installed into ROOT (mounted)
+install_packages() {
+    in_chroot "$1" "apt-get update -qq && apt-get install -qq $(packages_of "$2") >/dev/null"
+}
+
 prepare() {
     local name root stamp want m
     name=$(chroot_of "$1")
@@ -129,7 +138,7 @@ prepare() {
     # a cached chroot whose package list changed: install what is new
     if [ -f "$stamp" ]; then
         mount_into "$root"
-        if in_chroot "$root" "apt-get update -qq && apt-get install -qq $(packages_of "$name") >/dev/null"; then
+        if install_packages "$root" "$name"; then
             unmount_all
             echo "$want" >"$stamp"
             echo "chroot $name: cached at $root, packages updated"
@@ -165,7 +174,7 @@ CONF
     chmod +x "$root.new/usr/sbin/policy-rc.d"
     cp /etc/resolv.conf "$root.new/etc/" 2>/dev/null || true
     mount_into "$root.new"
-    in_chroot "$root.new" "apt-get update -qq && apt-get install -qq $(packages_of "$name") >/dev/null" ||
+    install_packages "$root.new" "$name" ||
         die "installing packages into $name failed"
     unmount_all
     echo "$want" >"$root.new/.idempotency-matrix"
@@ -197,10 +206,13 @@ build_in() {
 suite_in() {
     local root=$1 v=$2 status=0 vars
     shift 2
-    local envs=
+    local envs= e
     vars=$(printf '%q ' "$@")
-    # TAP 041's database count, if the caller chose one
-    [ -z "${IDEM_TEST_DATABASES:-}" ] || envs="IDEM_TEST_DATABASES=$IDEM_TEST_DATABASES"
+    # the tests' own settings, where the caller gave them: TAP 041's
+    # database count, TAP 050's older major
+    for e in IDEM_TEST_DATABASES IDEM_UPGRADE_FROM; do
+        [ -z "${!e:-}" ] || envs="$envs $e=${!e}"
+    done
     in_chroot "$root" "su postgres -c $(printf '%q' "cd /build && $envs make -s PG_CONFIG=/usr/lib/postgresql/$v/bin/pg_config installcheck $vars")" ||
         status=$?
     if [ $status -ne 0 ]; then
@@ -245,16 +257,12 @@ upgrade_in() {
     mount_into "$root"
     build_in "$root" "$from" "$to"
     echo "pg_upgrade from PostgreSQL $from to $to"
-    in_chroot "$root" "set -o pipefail; su postgres -c 'cd /build && IDEM_UPGRADE_FROM=/usr/lib/postgresql/$from \
-        make -s PG_CONFIG=/usr/lib/postgresql/$to/bin/pg_config installcheck REGRESS= ISOLATION= \
-        PROVE_TESTS=test/t/050_pg_upgrade.pl PROVE_FLAGS=-v' >/build/upgrade.out 2>&1" || {
-        cat "$root/build/upgrade.out"
-        tail -n 80 "$root"/build/tmp_check/log/regress_log_050_pg_upgrade 2>/dev/null
-        return 1
-    }
-    grep -E '^(ok|not ok) ' "$root/build/upgrade.out" || true
-    if grep -q 'skipped:' "$root/build/upgrade.out"; then
-        echo "pg_upgrade from PostgreSQL $from to $to: NOT RUN: $(sed -n 's/.*skipped: //p' "$root/build/upgrade.out")"
+    local out=$root/build/upgrade.out
+    IDEM_UPGRADE_FROM=/usr/lib/postgresql/$from suite_in "$root" "$to" REGRESS= ISOLATION= \
+        PROVE_TESTS=test/t/050_pg_upgrade.pl PROVE_FLAGS=-v >"$out" 2>&1 || { cat "$out"; return 1; }
+    grep -E '^(ok|not ok) ' "$out" || true
+    if grep -q 'skipped:' "$out"; then
+        echo "pg_upgrade from PostgreSQL $from to $to: NOT RUN: $(sed -n 's/.*skipped: //p' "$out")"
     else
         echo "pg_upgrade from PostgreSQL $from to $to: ok"
     fi
@@ -287,8 +295,7 @@ green() {
             ;;
         stop)
             in_chroot "$root" "su postgres -c '/usr/lib/postgresql/18/bin/pg_ctl -D $data/data -m fast stop' >/dev/null 2>&1; rm -rf $data" || true
-            local d
-            for d in dev/shm dev/pts dev proc; do umount -l "$root/$d" 2>/dev/null || true; done
+            unmount_under "$root"
             ;;
         *) die "green start|stop" ;;
     esac
