@@ -1,8 +1,8 @@
 /*
  * idem_api.c
  *	  The SQL-callable functions of keys done in one transaction (begin,
- *	  finish, release, once, lookup, fingerprint, sweep): the status logic
- *	  of contract sections 4, 5 and 7.
+ *	  finish, release, lookup, fingerprint, sweep): the status logic of
+ *	  contract sections 4, 5 and 7.  Messages (idem_once) are idem_once.c's.
  *
  * Statuses are decided here from what the key store reports and what this
  * transaction has open (idem_xact.c).  Arguments are read by idem_args.c,
@@ -54,14 +54,14 @@ PG_FUNCTION_INFO_V1(idem_begin_text);
 PG_FUNCTION_INFO_V1(idem_begin_bytea);
 PG_FUNCTION_INFO_V1(idem_finish);
 PG_FUNCTION_INFO_V1(idem_release);
-PG_FUNCTION_INFO_V1(idem_once);
 PG_FUNCTION_INFO_V1(idem_lookup);
 PG_FUNCTION_INFO_V1(idem_fingerprint_jsonb);
 PG_FUNCTION_INFO_V1(idem_fingerprint_bytes);
 PG_FUNCTION_INFO_V1(idem_sweep);
 
 /*
- * Result for a live record: replay or mismatch, or for a leased key whose
+ * Result for a live record: replay or mismatch, erased for a key an
+ * operator erased (idem_retention.c), or for a leased key whose
  * work is still going on in some other transaction, in_progress.  A begin
  * cannot wait for a lease (it spans transactions); idem_lease takes over a
  * lease that ran out.
@@ -73,7 +73,13 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	memset(res, 0, sizeof(*res));
 	res->created_at = rec->created_at;
 	res->expires_at = rec->expires_at;
-	if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
+	if (rec->state == IDEM_STATE_ERASED)
+	{
+		/* whatever the request: nothing of the first one is left to compare */
+		res->status = "erased";
+		res->code_isnull = true;
+	}
+	else if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
 		/* only the status, as for a key held by another transaction */
 		res->status = "in_progress";
@@ -95,12 +101,13 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	}
 }
 
-/* Result for a live record seen by idem_lookup: completed, or leased. */
+/* Result for a live record seen by idem_lookup: completed, leased or erased. */
 static void
 ResultCompleted(const IdemRecord *rec, IdemResult *res)
 {
 	memset(res, 0, sizeof(*res));
-	res->status = rec->state == IDEM_STATE_LEASED ? "in_progress" : "completed";
+	res->status = rec->state == IDEM_STATE_LEASED ? "in_progress" :
+		rec->state == IDEM_STATE_ERASED ? "erased" : "completed";
 	res->code_isnull = rec->code_isnull;
 	res->response_code = rec->response_code;
 	res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
@@ -130,6 +137,8 @@ CountBeginResult(const IdemResult *res)
 		kind = IDEM_STAT_STARTED;
 	else if (strcmp(res->status, "mismatch") == 0)
 		kind = IDEM_STAT_MISMATCH;
+	else if (strcmp(res->status, "erased") == 0)
+		kind = IDEM_STAT_ERASED_REPLIES;
 	else
 		kind = IDEM_STAT_IN_PROGRESS;
 	IdemStatsAdd(kind, 1);
@@ -155,61 +164,6 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
 	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
 }
 
-/*
- * Wait until the key is free and decide, holding its lock: a live record
- * gives replay or mismatch (and the lock is let go), no live record gives
- * "started" (and the lock is kept, for idem_begin).  A begin itself writes
- * nothing: an expired record is removed only when the key is written, so a
- * released key leaves nothing behind for others to wait on.  Returns false
- * for "in_progress" (only when !wait).
- */
-static bool
-LockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
-			 TimestampTz now, const char *caller, IdemRecord *rec,
-			 bool *live, bool *stale)
-{
-	if (!IdemKeyLock(key, wait))
-		return false;
-
-	switch (IdemProbeSettled(store, key, now, wait, true, rec, stale))
-	{
-		case IDEM_PROBE_BUSY:
-			IdemKeyUnlock(key);
-			return false;
-		case IDEM_PROBE_FOUND:
-			IdemKeyUnlock(key);
-			IdemCheckRecordVisible(rec, key);
-			*live = true;
-			return true;
-		case IDEM_PROBE_ABSENT:
-			break;
-	}
-	PreventCommandIfReadOnly(caller);
-	*live = false;
-	return true;
-}
-
-/*
- * Is there a live record for the key?  The common replay case is answered
- * from one probe, without taking any lock or writing anything.
- */
-static bool
-ProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
-		  IdemRecord *rec)
-{
-	SnapshotData dirty;
-	TransactionId xwait;
-
-	InitDirtySnapshot(dirty);
-	if (IdemStoreProbe(store, key, &dirty, true, rec, &xwait) == IDEM_PROBE_FOUND &&
-		rec->expires_at > now)
-	{
-		IdemCheckRecordVisible(rec, key);
-		return true;
-	}
-	return false;
-}
-
 /* How an idem_begin variant fingerprints its request. */
 typedef enum IdemBodyKind
 {
@@ -225,6 +179,7 @@ typedef enum IdemBodyKind
 static Datum
 BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 {
+	IdemCallTimer timer;
 	IdemFingerprint fingerprint;
 	const IdemFingerprint *fp = &fingerprint;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
@@ -238,8 +193,9 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	bool		live;
 	bool		stale = false;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	expires_at = IdemGetExpiry(fcinfo, 3, "ttl", now);
+	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
 	IdemRequireArg(fcinfo, 4, "wait");
 	wait = PG_GETARG_BOOL(4);
 	IdemCheckNotOpen(&key, "begin");
@@ -258,9 +214,9 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	}
 
 	IdemStoreOpen(&store, &cache->oids, true, false);
-	if (ProbeLive(&store, &key, now, &rec))
+	if (IdemProbeLive(&store, &key, now, &rec))
 		ResultFromRecord(&rec, fp, &res);
-	else if (!LockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live, &stale))
+	else if (!IdemLockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live, &stale))
 		ResultStatusOnly("in_progress", &res);
 	else if (live)
 		ResultFromRecord(&rec, fp, &res);
@@ -276,6 +232,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemStoreClose(&store);
 
 	CountBeginResult(&res);
+	IdemStatsCallEnd(&timer);
 	return MakeResultDatum(cache, &res);
 }
 
@@ -334,6 +291,7 @@ RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
 Datum
 idem_finish(PG_FUNCTION_ARGS)
 {
+	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	IdemKey		key;
 	int32		code;
@@ -342,6 +300,7 @@ idem_finish(PG_FUNCTION_ARGS)
 	IdemStore	store;
 	IdemRecord	rec;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 3, &key);
 	IdemRequireArg(fcinfo, 1, "response code");
 	code = PG_GETARG_INT32(1);
@@ -375,6 +334,7 @@ idem_finish(PG_FUNCTION_ARGS)
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
+	IdemStatsCallEnd(&timer);
 	PG_RETURN_VOID();
 }
 
@@ -386,11 +346,13 @@ idem_finish(PG_FUNCTION_ARGS)
 Datum
 idem_release(PG_FUNCTION_ARGS)
 {
+	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	IdemKey		key;
 	IdemOpenKey *open;
 	IdemStore	store;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
 	{
@@ -407,54 +369,8 @@ idem_release(PG_FUNCTION_ARGS)
 	}
 
 	IdemStatsAdd(IDEM_STAT_RELEASES, 1);
+	IdemStatsCallEnd(&timer);
 	PG_RETURN_VOID();
-}
-
-/*
- * idem_once(key text, scope text, ttl interval): true the first time a
- * message id is seen, false for every redelivery.  The record commits or
- * rolls back with the caller's transaction.
- */
-Datum
-idem_once(PG_FUNCTION_ARGS)
-{
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemKey		key;
-	TimestampTz expires_at;
-	IdemStore	store;
-	IdemRecord	rec;
-	bool		live = false;
-	bool		stale = false;
-
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	expires_at = IdemGetExpiry(fcinfo, 2, "ttl", now);
-	IdemCheckNotOpen(&key, "record");
-
-	IdemStoreOpen(&store, &cache->oids, true, true);
-	if (ProbeLive(&store, &key, now, &rec))
-		live = true;
-	else
-	{
-		(void) LockAndProbe(&store, &key, true, now, "idem_once()", &rec, &live, &stale);
-		if (!live)
-		{
-			if (stale)
-				IdemClearExpiredRecord(&store, &key, now);
-			memset(&rec, 0, sizeof(rec));
-			rec.state = IDEM_STATE_COMPLETED;
-			rec.fingerprint.isnull = true;
-			rec.created_at = now;
-			rec.expires_at = expires_at;
-			rec.code_isnull = true;
-			IdemStoreInsert(&store, &key, &rec);
-			IdemKeyUnlock(&key);
-		}
-	}
-	IdemStoreClose(&store);
-
-	IdemStatsAdd(live ? IDEM_STAT_ONCE_FALSE : IDEM_STAT_ONCE_TRUE, 1);
-	PG_RETURN_BOOL(!live);
 }
 
 /*
@@ -464,6 +380,7 @@ idem_once(PG_FUNCTION_ARGS)
 Datum
 idem_lookup(PG_FUNCTION_ARGS)
 {
+	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
@@ -474,6 +391,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	TransactionId xwait;
 	SnapshotData dirty;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
 	open = IdemOpenKeyFind(&key);
 
@@ -518,6 +436,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	}
 	IdemStoreClose(&store);
 
+	IdemStatsCallEnd(&timer);
 	return MakeResultDatum(cache, &res);
 }
 

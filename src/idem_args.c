@@ -83,9 +83,16 @@ IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 {
 	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
 						  IDEM_KEY_MAX_LEN, false);
-	key->scope = GetNameArg(fcinfo, scope_argno, "idempotency scope",
-							IDEM_SCOPE_MAX_LEN, true);
+	key->scope = IdemGetScopeArg(fcinfo, scope_argno);
 	key->hash = IdemKeyHash(key->scope, key->key);
+}
+
+/* A scope argument alone (a batch of keys, or a whole scope). */
+text *
+IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
+{
+	return GetNameArg(fcinfo, scope_argno, "idempotency scope",
+					  IDEM_SCOPE_MAX_LEN, true);
 }
 
 /* Raise 22023 for a ttl (or lease) that is not positive. */
@@ -113,6 +120,20 @@ IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
 {
 	IdemRequireArg(fcinfo, argno, what);
 	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), what);
+}
+
+/*
+ * now() + ttl, or +infinity for a ttl of 'infinity' (17 on): a key kept for
+ * good, as idem_keep() makes one on every version.  '-infinity' is refused
+ * as any other ttl that is not positive.
+ */
+TimestampTz
+IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+{
+	IdemRequireArg(fcinfo, argno, "ttl");
+	if (INTERVAL_IS_NOEND(PG_GETARG_INTERVAL_P(argno)))
+		return DT_NOEND;
+	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), "ttl");
 }
 
 /*
@@ -145,9 +166,9 @@ IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 	TimestampTz result;
 
 	/*
-	 * From 17 on an interval may be +/-infinity.  A key that is never swept
-	 * is not something a ttl can ask for on 15 and 16 (their interval input
-	 * refuses 'infinity'), so no version takes it: one answer everywhere.
+	 * From 17 on an interval may be +/-infinity.  A lease or an extension
+	 * that never runs out would keep a crashed holder's key from ever being
+	 * taken over; a ttl of 'infinity' is IdemGetTtlExpiry's.
 	 */
 	if (INTERVAL_NOT_FINITE(value))
 		ereport(ERROR,

@@ -23,6 +23,9 @@ extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
 						   int scope_argno, IdemKey *key);
+extern text *IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno);
+extern TimestampTz IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno,
+									 TimestampTz now);
 extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
 								 const char *what, TimestampTz now);
 extern bool IdemIntervalTooLong(const Interval *value);

@@ -42,6 +42,7 @@
  */
 #ifndef INTERVAL_NOT_FINITE
 #define INTERVAL_NOT_FINITE(i) false
+#define INTERVAL_IS_NOEND(i) false
 #endif
 
 /*
@@ -99,6 +100,15 @@ heap_update_compat(Relation rel, ItemPointer otid, HeapTuple newtup,
 					   lockmode);
 #endif
 }
+
+/*
+ * 16 measures instr_time in nanoseconds and reads it with
+ * INSTR_TIME_GET_NANOSEC; 15's is a struct timespec.
+ */
+#ifndef INSTR_TIME_GET_NANOSEC
+#define INSTR_TIME_GET_NANOSEC(t) \
+	(((uint64) (t).tv_sec * (uint64) 1000000000) + (uint64) (t).tv_nsec)
+#endif
 
 /*
  * 19 folded table_tuple_delete's changingPart argument into an options

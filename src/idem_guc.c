@@ -6,7 +6,10 @@
  * a key that was begun but neither finished nor released (contract section
  * 4).  The sweeper settings are read by the background worker and reloadable
  * with SIGHUP.  idempotency.track_stats turns the idem_stats counters off
- * (superuser only, as pg_stat_statements.track is).
+ * (superuser only, as pg_stat_statements.track is); idempotency.track_timing
+ * also times every call (off by default and superuser only, as
+ * track_io_timing is: reading the clock twice a call is the one cost
+ * bench/overhead.sh measures).
  */
 #include "postgres.h"
 
@@ -19,6 +22,7 @@ bool		idem_sweeper_enabled = true;
 int			idem_sweep_interval_ms = 60 * 1000;
 int			idem_sweep_batch_size = 10000;
 bool		idem_track_stats = true;
+bool		idem_track_timing = false;
 int			idem_sweep_workers = 2;
 int			idem_sweep_worker_timeout_ms = 60 * 1000;
 int			idem_max_databases = 1024;
@@ -83,6 +87,15 @@ IdemGucInit(void)
 							 NULL,
 							 &idem_track_stats,
 							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("idempotency.track_timing",
+							 "Whether the time calls spend inside the extension is counted in idem_stats.",
+							 "Waits for another transaction's key are counted and timed whatever this says.",
+							 &idem_track_timing,
+							 false,
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);

@@ -16,6 +16,7 @@ extern bool idem_sweeper_enabled;
 extern int	idem_sweep_interval_ms;
 extern int	idem_sweep_batch_size;
 extern bool idem_track_stats;
+extern bool idem_track_timing;
 extern int	idem_sweep_workers;
 extern int	idem_sweep_worker_timeout_ms;
 extern int	idem_max_databases;

@@ -6,19 +6,22 @@
  *	  clearing an expired record before a write, refusing a key this
  *	  transaction has open, and describing its state for an error.
  *
- * idem_api.c (begin, finish, release, once, lookup) and idem_lease.c
- * (lease, checkpoint) both sit on this; it calls neither.
+ * idem_api.c (begin, finish, release, lookup), idem_once.c (messages),
+ * idem_lease.c (lease, checkpoint) and idem_retention.c (keep, erase) sit
+ * on this; it calls none of them.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
 
 #include "idem_fingerprint.h"
 #include "idem_key.h"
+#include "idem_stats.h"
 
 /* Printable key and scope for messages. */
 char *
@@ -93,6 +96,7 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 		SnapshotData dirty;
 		TransactionId xwait = InvalidTransactionId;
 		IdemProbeResult probe;
+		IdemWaitTimer timer;
 
 		CHECK_FOR_INTERRUPTS();
 		InitDirtySnapshot(dirty);
@@ -105,8 +109,10 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 				return IDEM_PROBE_BUSY;
 			if (key_locked)
 				IdemKeyUnlock(key);
+			IdemStatsWaitStart(&timer);
 			XactLockTableWait(xwait, store->heap, &rec->tid,
 							  XLTW_InsertIndexUnique);
+			IdemStatsWaitEnd(&timer);
 			if (key_locked)
 				(void) IdemKeyLock(key, true);
 			continue;
@@ -121,7 +127,7 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 
 /*
  * Before writing a key's record, remove the expired record it replaces.
- * Called only when LockAndProbe saw one: while we hold the key's lock no
+ * Called only when IdemLockAndProbe saw one: while we hold the key's lock no
  * record can appear, so a key that was absent needs no second look.  The
  * only other transaction that can be at this row is one deleting it (a
  * sweep): wait for that one.
@@ -142,7 +148,13 @@ IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
 		if (probe == IDEM_PROBE_ABSENT)
 			return;
 		if (probe == IDEM_PROBE_BUSY)
+		{
+			IdemWaitTimer timer;
+
+			IdemStatsWaitStart(&timer);
 			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
+			IdemStatsWaitEnd(&timer);
+		}
 		else if (rec.expires_at <= now)
 			(void) IdemStoreDelete(store, &rec.tid, true);
 		else
@@ -194,10 +206,68 @@ IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 	if (probe == IDEM_PROBE_BUSY && rec.inserting)
 		return "in progress in another transaction";
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
+		rec.state == IDEM_STATE_ERASED)
+		return "erased";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
 		rec.state == IDEM_STATE_LEASED)
 		return "leased (pass the token that idem_lease() returned)";
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now)
 		return TransactionIdIsCurrentTransactionId(rec.xmin) ?
 			"already finished in this transaction" : "completed";
 	return "absent";
+}
+
+/*
+ * Wait until the key is free and decide, holding its lock: a live record
+ * gives replay or mismatch (and the lock is let go), no live record gives
+ * "started" (and the lock is kept, for idem_begin).  A begin itself writes
+ * nothing: an expired record is removed only when the key is written, so a
+ * released key leaves nothing behind for others to wait on.  Returns false
+ * for "in_progress" (only when !wait).
+ */
+bool
+IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
+			 TimestampTz now, const char *caller, IdemRecord *rec,
+			 bool *live, bool *stale)
+{
+	if (!IdemKeyLock(key, wait))
+		return false;
+
+	switch (IdemProbeSettled(store, key, now, wait, true, rec, stale))
+	{
+		case IDEM_PROBE_BUSY:
+			IdemKeyUnlock(key);
+			return false;
+		case IDEM_PROBE_FOUND:
+			IdemKeyUnlock(key);
+			IdemCheckRecordVisible(rec, key);
+			*live = true;
+			return true;
+		case IDEM_PROBE_ABSENT:
+			break;
+	}
+	PreventCommandIfReadOnly(caller);
+	*live = false;
+	return true;
+}
+
+/*
+ * Is there a live record for the key?  The common replay case is answered
+ * from one probe, without taking any lock or writing anything.
+ */
+bool
+IdemProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
+		  IdemRecord *rec)
+{
+	SnapshotData dirty;
+	TransactionId xwait;
+
+	InitDirtySnapshot(dirty);
+	if (IdemStoreProbe(store, key, &dirty, true, rec, &xwait) == IDEM_PROBE_FOUND &&
+		rec->expires_at > now)
+	{
+		IdemCheckRecordVisible(rec, key);
+		return true;
+	}
+	return false;
 }

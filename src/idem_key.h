@@ -19,6 +19,11 @@ extern IdemProbeResult IdemProbeSettled(IdemStore *store, const IdemKey *key,
 										bool *stale);
 extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
 								   TimestampTz now);
+extern bool IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
+							 TimestampTz now, const char *caller,
+							 IdemRecord *rec, bool *live, bool *stale);
+extern bool IdemProbeLive(IdemStore *store, const IdemKey *key,
+						  TimestampTz now, IdemRecord *rec);
 extern const char *IdemDescribeKeyState(IdemStore *store, const IdemKey *key,
 										IdemOpenKey *open);
 

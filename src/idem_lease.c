@@ -98,14 +98,19 @@ ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 
 /*
  * Decide idem_lease's result for a live record, if it needs no change:
- * mismatch, replay, or in_progress while the lease runs.  Returns false
+ * erased, mismatch, replay, or in_progress while the lease runs.  Returns false
  * when the lease has run out and the caller should take the key over.
  */
 static bool
 DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 		   TimestampTz now, LeaseResult *res)
 {
-	if (!IdemFingerprintsMatch(&rec->fingerprint, fp))
+	if (rec->state == IDEM_STATE_ERASED)
+	{
+		res->status = "erased";
+		res->counted_as = IDEM_STAT_ERASED_REPLIES;
+	}
+	else if (!IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
 		res->status = "mismatch";
 		res->counted_as = IDEM_STAT_MISMATCH;
@@ -180,6 +185,7 @@ RequireNoNegativePart(const Interval *lease)
 Datum
 idem_lease(PG_FUNCTION_ARGS)
 {
+	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
@@ -193,8 +199,9 @@ idem_lease(PG_FUNCTION_ARGS)
 	pg_uuid_t	token;
 	bool		stale;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	expires_at = IdemGetExpiry(fcinfo, 3, "ttl", now);
+	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
 	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
 	lease = PG_GETARG_INTERVAL_P(4);
 	RequireNoNegativePart(lease);
@@ -273,6 +280,7 @@ idem_lease(PG_FUNCTION_ARGS)
 done:
 	IdemStoreClose(&store);
 	IdemStatsAdd(res.counted_as, 1);
+	IdemStatsCallEnd(&timer);
 	return MakeLeaseResult(cache, &res);
 }
 
@@ -339,6 +347,7 @@ RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 Datum
 idem_checkpoint(PG_FUNCTION_ARGS)
 {
+	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
@@ -350,6 +359,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemRecord	rec;
 	TimestampTz renewed_until;
 
+	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 4, &key);
 	IdemRequireArg(fcinfo, 1, "lease token");
 	token = PG_GETARG_UUID_P(1);
@@ -397,6 +407,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_CHECKPOINTS, 1);
+	IdemStatsCallEnd(&timer);
 	PG_RETURN_TIMESTAMPTZ(rec.lease_expires_at);
 }
 

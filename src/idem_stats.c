@@ -35,10 +35,13 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "idem_compat.h"
 #include "idem_guc.h"
 #include "idem_stats.h"
 
 #define STATS_COLUMNS		(3 + IDEM_STAT_NKINDS)	/* datid, datname, ..., stats_reset */
+/* The columns of idem_stats before version 0.4.0 added kinds. */
+#define STATS_KINDS_0_2		(IDEM_STAT_KEYS_SWEPT + 1)
 
 typedef struct IdemDbStats
 {
@@ -223,6 +226,41 @@ IdemStatsAdd(IdemStatKind kind, uint64 n)
 	pg_atomic_fetch_add_u64(&my_db_stats->counters[kind], n);
 }
 
+/* Stop timing a call: its time is counted with one more timed call. */
+void
+IdemStatsCallEnd(IdemCallTimer *timer)
+{
+	instr_time	elapsed;
+
+	if (!timer->on)
+		return;
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, timer->start);
+	IdemStatsAdd(IDEM_STAT_TIMED_CALLS, 1);
+	IdemStatsAdd(IDEM_STAT_CALL_TIME, INSTR_TIME_GET_NANOSEC(elapsed));
+}
+
+/*
+ * Time a wait for another transaction.  Only calls that are about to block
+ * come here, so reading the clock costs nothing next to the wait.
+ */
+void
+IdemStatsWaitStart(IdemWaitTimer *timer)
+{
+	INSTR_TIME_SET_CURRENT(timer->start);
+}
+
+void
+IdemStatsWaitEnd(IdemWaitTimer *timer)
+{
+	instr_time	elapsed;
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, timer->start);
+	IdemStatsAdd(IDEM_STAT_KEY_WAITS, 1);
+	IdemStatsAdd(IDEM_STAT_KEY_WAIT_TIME, INSTR_TIME_GET_NANOSEC(elapsed));
+}
+
 /*
  * idem_stats(): one row per database that has counted something since the
  * server started.
@@ -231,10 +269,17 @@ Datum
 idem_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			nkinds;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (stats_shared == NULL)
 		return (Datum) 0;
+
+	/* a library newer than the installed SQL shows the columns SQL has */
+	nkinds = rsinfo->setDesc->natts - 3;
+	if (nkinds != IDEM_STAT_NKINDS && nkinds != STATS_KINDS_0_2)
+		elog(ERROR, "idem_stats() returns %d columns, expected %d",
+			 rsinfo->setDesc->natts, STATS_COLUMNS);
 
 	for (int i = 0; i < stats_shared->ndbs; i++)
 	{
@@ -249,8 +294,13 @@ idem_stats(PG_FUNCTION_ARGS)
 		LWLockAcquire(stats_shared->lock, LW_SHARED);
 		dboid = slot->dboid;
 		stats_reset = slot->stats_reset;
-		for (int k = 0; k < IDEM_STAT_NKINDS; k++)
-			values[2 + k] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->counters[k]));
+		for (int k = 0; k < nkinds; k++)
+		{
+			uint64		n = pg_atomic_read_u64(&slot->counters[k]);
+
+			values[2 + k] = IDEM_STAT_IS_TIME(k) ?
+				Float8GetDatum((double) n / 1000000.0) : Int64GetDatum((int64) n);
+		}
 		LWLockRelease(stats_shared->lock);
 
 		if (!OidIsValid(dboid) || (datname = get_database_name(dboid)) == NULL)
@@ -259,8 +309,8 @@ idem_stats(PG_FUNCTION_ARGS)
 		namestrcpy(&name, datname);
 		values[0] = ObjectIdGetDatum(dboid);
 		values[1] = NameGetDatum(&name);
-		values[STATS_COLUMNS - 1] = TimestampTzGetDatum(stats_reset);
-		nulls[STATS_COLUMNS - 1] = (stats_reset == 0);
+		values[2 + nkinds] = TimestampTzGetDatum(stats_reset);
+		nulls[2 + nkinds] = (stats_reset == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

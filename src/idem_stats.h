@@ -5,6 +5,10 @@
 #ifndef IDEM_STATS_H
 #define IDEM_STATS_H
 
+#include "portability/instr_time.h"
+
+#include "idem_guc.h"
+
 /* What is counted; the order is that of the idem_stats columns. */
 typedef enum IdemStatKind
 {
@@ -20,10 +24,47 @@ typedef enum IdemStatKind
 	IDEM_STAT_ONCE_FALSE,
 	IDEM_STAT_STALE_TOKENS,		/* calls refused for a token that lost its lease */
 	IDEM_STAT_KEYS_SWEPT,
+	/* from version 0.4.0 */
+	IDEM_STAT_ERASED,			/* keys erased (idem_erase, idem_erase_scope) */
+	IDEM_STAT_ERASED_REPLIES,	/* calls answered "erased" */
+	IDEM_STAT_KEPT,				/* keys made permanent (idem_keep) */
+	IDEM_STAT_KEY_WAITS,		/* calls that waited for another transaction */
+	IDEM_STAT_KEY_WAIT_TIME,	/* nanoseconds of those waits */
+	IDEM_STAT_TIMED_CALLS,		/* calls timed (idempotency.track_timing) */
+	IDEM_STAT_CALL_TIME,		/* nanoseconds inside them */
 	IDEM_STAT_NKINDS
 } IdemStatKind;
 
+/* Kinds that count nanoseconds; idem_stats shows them in milliseconds. */
+#define IDEM_STAT_IS_TIME(kind) \
+	((kind) == IDEM_STAT_KEY_WAIT_TIME || (kind) == IDEM_STAT_CALL_TIME)
+
+/* The time a call spends inside the extension, if idempotency.track_timing. */
+typedef struct IdemCallTimer
+{
+	bool		on;
+	instr_time	start;
+} IdemCallTimer;
+
+/* A wait for another transaction: always counted, and timed. */
+typedef struct IdemWaitTimer
+{
+	instr_time	start;
+} IdemWaitTimer;
+
 extern void IdemStatsInit(void);
 extern void IdemStatsAdd(IdemStatKind kind, uint64 n);
+extern void IdemStatsCallEnd(IdemCallTimer *timer);
+extern void IdemStatsWaitStart(IdemWaitTimer *timer);
+extern void IdemStatsWaitEnd(IdemWaitTimer *timer);
+
+/* Start timing a call; as cheap as a test of a setting when it is off. */
+static inline void
+IdemStatsCallStart(IdemCallTimer *timer)
+{
+	timer->on = idem_track_timing && idem_track_stats;
+	if (timer->on)
+		INSTR_TIME_SET_CURRENT(timer->start);
+}
 
 #endif							/* IDEM_STATS_H */

@@ -225,6 +225,10 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 	store->leases = (for_insert && OidIsValid(oids->leases)) ?
 		index_open(oids->leases, lockmode) : NULL;
 	store->slot = table_slot_create(store->heap, NULL);
+	store->cxt = CurrentMemoryContext;
+	store->pkey_info = NULL;
+	store->expiry_info = NULL;
+	store->leases_info = NULL;
 }
 
 /* Raise an error unless the store has the lease columns (version 0.2.0). */
@@ -389,6 +393,64 @@ IdemStoreProbe(IdemStore *store, const IdemKey *key, Snapshot snapshot,
 }
 
 /*
+ * The keys of one scope, in the primary key's order, as a dirty snapshot
+ * sees them: committed, or being written by a transaction still running
+ * (the caller waits for it when it looks at the key).  A key may come more
+ * than once (a row and the version replacing it).
+ */
+struct IdemScopeScan
+{
+	SnapshotData dirty;			/* the scan's snapshot: must outlive it */
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	MemoryContext cxt;			/* what the scan allocates goes here */
+};
+
+IdemScopeScan *
+IdemStoreBeginScopeScan(IdemStore *store, text *scope)
+{
+	IdemScopeScan *ss = palloc0(sizeof(IdemScopeScan));
+
+	InitDirtySnapshot(ss->dirty);
+	ScanKeyEntryInitialize(&ss->skey, 0, 1, BTEqualStrategyNumber,
+						   InvalidOid, store->pkey->rd_indcollation[0],
+						   F_TEXTEQ, PointerGetDatum(scope));
+	ss->cxt = CurrentMemoryContext;
+	ss->slot = table_slot_create(store->heap, NULL);
+	ss->scan = index_beginscan_compat(store->heap, store->pkey, &ss->dirty, 1, 0);
+	index_rescan(ss->scan, &ss->skey, 1, NULL, 0);
+	return ss;
+}
+
+/* The next key of the scope, copied into the current context; NULL at the end. */
+text *
+IdemStoreNextScopeKey(IdemScopeScan *ss)
+{
+	bool		isnull;
+	bool		found;
+	text	   *key;
+	MemoryContext old = MemoryContextSwitchTo(ss->cxt);
+
+	/* the scan's own state lives as long as the scan, not the caller's key */
+	found = index_getnext_slot(ss->scan, ForwardScanDirection, ss->slot);
+	MemoryContextSwitchTo(old);
+	if (!found)
+		return NULL;
+	key = DatumGetTextPCopy(slot_getattr(ss->slot, Anum_key, &isnull));
+	ExecClearTuple(ss->slot);
+	return key;
+}
+
+void
+IdemStoreEndScopeScan(IdemScopeScan *ss)
+{
+	index_endscan(ss->scan);
+	ExecDropSingleTupleTableSlot(ss->slot);
+	pfree(ss);
+}
+
+/*
  * Build the heap tuple of a record.  Only the columns the table has are
  * filled (a 0.1.0 table stops after response_body); lease columns are NULL
  * unless the record is leased.
@@ -473,20 +535,32 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
+	/* once per store: a batch inserts many records through one */
+	if (store->pkey_info == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(store->cxt);
+
+		store->pkey_info = BuildIndexInfo(store->pkey);
+		store->expiry_info = BuildIndexInfo(store->expiry);
+		if (store->leases != NULL)
+			store->leases_info = BuildIndexInfo(store->leases);
+		MemoryContextSwitchTo(old);
+	}
+
 	values[0] = PointerGetDatum(key->scope);
 	values[1] = PointerGetDatum(key->key);
 	index_insert(store->pkey, values, nulls, tid, store->heap,
-				 UNIQUE_CHECK_YES, false, BuildIndexInfo(store->pkey));
+				 UNIQUE_CHECK_YES, false, store->pkey_info);
 
 	values[0] = TimestampTzGetDatum(rec->expires_at);
 	index_insert(store->expiry, values, nulls, tid, store->heap,
-				 UNIQUE_CHECK_NO, false, BuildIndexInfo(store->expiry));
+				 UNIQUE_CHECK_NO, false, store->expiry_info);
 
 	if (rec->state == IDEM_STATE_LEASED)
 	{
 		values[0] = TimestampTzGetDatum(rec->lease_expires_at);
 		index_insert(store->leases, values, nulls, tid, store->heap,
-					 UNIQUE_CHECK_NO, false, BuildIndexInfo(store->leases));
+					 UNIQUE_CHECK_NO, false, store->leases_info);
 	}
 }
 

@@ -23,6 +23,7 @@
 /* Values of idem_keys.state. */
 #define IDEM_STATE_COMPLETED	'c'
 #define IDEM_STATE_LEASED		'p'	/* committed while its work goes on */
+#define IDEM_STATE_ERASED		'e'	/* erased: the key stays, nothing else */
 
 /* An identified (scope, key); both detoasted and validated. */
 typedef struct IdemKey
@@ -106,6 +107,10 @@ typedef struct IdemStore
 	Relation	expiry;			/* only when opened for inserts */
 	Relation	leases;			/* likewise, and only from version 0.2.0 */
 	TupleTableSlot *slot;
+	MemoryContext cxt;			/* where it was opened */
+	struct IndexInfo *pkey_info;	/* built at the first insert */
+	struct IndexInfo *expiry_info;
+	struct IndexInfo *leases_info;
 } IdemStore;
 
 extern uint64 IdemKeyHash(const text *scope, const text *key);
@@ -123,6 +128,10 @@ extern void IdemStoreInsert(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
 extern bool IdemStoreUpdate(IdemStore *store, const IdemKey *key,
 							const IdemRecord *rec);
+typedef struct IdemScopeScan IdemScopeScan;
+extern IdemScopeScan *IdemStoreBeginScopeScan(IdemStore *store, text *scope);
+extern text *IdemStoreNextScopeKey(IdemScopeScan *scan);
+extern void IdemStoreEndScopeScan(IdemScopeScan *scan);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
 							TimestampTz now, IdemSweepPosition *resume,

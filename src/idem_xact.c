@@ -32,6 +32,7 @@
 #include "utils/resowner.h"
 
 #include "idem_guc.h"
+#include "idem_stats.h"
 #include "idem_xact.h"
 
 /* locktag_field4 of our advisory locks ("ID"); SQL's advisory locks use 1 and 2 */
@@ -71,7 +72,9 @@ SetKeyLockTag(LOCKTAG *tag, uint64 hash)
 
 /*
  * Take the key's lock for this (sub)transaction.  Returns false, without
- * waiting, if wait is false and another transaction holds it.
+ * waiting, if wait is false and another transaction holds it.  A wait is
+ * counted in idem_stats: it is first tried without one, which costs
+ * nothing more when the key is free (the common case).
  *
  * The lock is taken on behalf of the current subtransaction's resource
  * owner, not the statement's portal: idem_finish, which lets it go, runs in
@@ -87,7 +90,16 @@ IdemKeyLock(const IdemKey *key, bool wait)
 
 	SetKeyLockTag(&tag, key->hash);
 	CurrentResourceOwner = CurTransactionResourceOwner;
-	result = LockAcquire(&tag, ExclusiveLock, false, !wait);
+	result = LockAcquire(&tag, ExclusiveLock, false, true);
+	if (result == LOCKACQUIRE_NOT_AVAIL && wait)
+	{
+		/* another transaction has the key: wait, and count the wait */
+		IdemWaitTimer timer;
+
+		IdemStatsWaitStart(&timer);
+		result = LockAcquire(&tag, ExclusiveLock, false, false);
+		IdemStatsWaitEnd(&timer);
+	}
 	CurrentResourceOwner = save;
 	return result != LOCKACQUIRE_NOT_AVAIL;
 }

@@ -79,8 +79,28 @@ SELECT replay, once_false FROM counters();
 CREATE ROLE regress_idem_stats_user;
 SET ROLE regress_idem_stats_user;
 SELECT try($$SET idempotency.track_stats = off$$);
+SELECT try($$SET idempotency.track_timing = on$$);
 RESET ROLE;
 DROP ROLE regress_idem_stats_user;
+
+-- the time calls spend inside the extension: only with track_timing (off
+-- by default, as track_io_timing is); each timed call adds to both columns
+SHOW idempotency.track_timing;
+SELECT idem_stats_reset();
+SELECT idem_once('timed-1');
+SELECT timed_calls, call_time FROM idem_stats WHERE datname = current_database();
+SET idempotency.track_timing = on;
+SELECT idem_once('timed-2');
+SELECT status FROM idem_begin('timed-2');
+SELECT idem_once_batch(ARRAY['timed-3', 'timed-4']);
+SELECT count(*) FROM idem_lookup('timed-2');
+-- a call that fails is not timed
+SELECT try($$SELECT idem_once('')::text$$);
+RESET idempotency.track_timing;
+SELECT idem_once('timed-5');
+SELECT timed_calls, call_time > 0 AS some_time, call_time < 60000 AS under_a_minute,
+       key_waits, key_wait_time
+FROM idem_stats WHERE datname = current_database();
 
 -- reset zeroes this database's counters
 SELECT idem_stats_reset();
@@ -99,8 +119,12 @@ SELECT idem_once('s-' || i) FROM generate_series(1, 3) i;
 SELECT idem_once('s-exp-' || i, ttl => '1 microsecond') FROM generate_series(1, 2) i;
 VACUUM ANALYZE idem_keys;
 SELECT completed_keys_estimate, leased_keys, leases_expired, expired_keys,
-       expired_keys_capped, table_bytes > 0 AS has_table, index_bytes > 0 AS has_indexes
+       expired_keys_capped, table_bytes > 0 AS has_table, index_bytes > 0 AS has_indexes,
+       permanent_keys, permanent_keys_capped
 FROM idem_storage;
+-- one of the completed keys kept for good
+SELECT idem_keep('s-1');
+SELECT completed_keys_estimate, permanent_keys FROM idem_storage;
 -- the counts can come from indexes, without a scan of the table (on a table
 -- this small the planner would rather scan it, so it is told not to)
 CREATE FUNCTION key_table_scans(query text) RETURNS SETOF text LANGUAGE plpgsql AS $$
@@ -115,7 +139,7 @@ BEGIN
 END
 $$;
 SET enable_seqscan = off;
-SELECT key_table_scans('SELECT leased_keys, leases_expired, expired_keys FROM idem_storage');
+SELECT key_table_scans('SELECT leased_keys, leases_expired, expired_keys, permanent_keys FROM idem_storage');
 RESET enable_seqscan;
 DROP FUNCTION key_table_scans(text);
 
