@@ -16,6 +16,7 @@
 #include "access/heapam.h"
 #include "access/tableam.h"
 #include "datatype/timestamp.h"
+#include "portability/instr_time.h"
 #include "postmaster/bgworker.h"
 
 #if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 200000
