@@ -26,6 +26,7 @@
 #include "idem_fingerprint.h"
 #include "idem_key.h"
 #include "idem_lease.h"
+#include "idem_response.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
@@ -34,8 +35,12 @@
 #define IDEM_MIN_RESPONSE_CODE 100
 #define IDEM_MAX_RESPONSE_CODE 599
 
-/* Columns of the row idem_begin and idem_lookup return. */
-#define RESULT_NATTS 5
+/*
+ * Columns of the row idem_begin and idem_lookup return: 5 before 0.4.0
+ * added response_headers, response_bytes, attempts and last_error.
+ */
+#define RESULT_NATTS 9
+#define RESULT_NATTS_0_3 5
 
 /* Values of the returned row. */
 typedef struct IdemResult
@@ -44,6 +49,10 @@ typedef struct IdemResult
 	bool		code_isnull;
 	int32		response_code;
 	Datum		response_body;	/* 0 for NULL */
+	Datum		response_headers;	/* likewise */
+	Datum		response_bytes; /* likewise */
+	int32		attempts;		/* 0 for NULL */
+	text	   *last_error;		/* NULL for NULL */
 	bool		times_isnull;
 	TimestampTz created_at;
 	TimestampTz expires_at;
@@ -79,6 +88,18 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 		res->status = "erased";
 		res->code_isnull = true;
 	}
+	else if (rec->state == IDEM_STATE_DEAD)
+	{
+		/*
+		 * Attempts ran out: the work does not start again (idem_retry.c),
+		 * whatever the request; idem_fail() does not see the request, so a
+		 * dead key may have no fingerprint to compare.
+		 */
+		res->status = "dead";
+		res->code_isnull = true;
+		res->attempts = rec->attempts;
+		res->last_error = rec->last_error;
+	}
 	else if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
 		/* only the status, as for a key held by another transaction */
@@ -92,6 +113,8 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 		res->code_isnull = rec->code_isnull;
 		res->response_code = rec->response_code;
 		res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+		res->response_headers = rec->response_headers;
+		res->response_bytes = rec->response_bytes;
 	}
 	else
 	{
@@ -107,10 +130,19 @@ ResultCompleted(const IdemRecord *rec, IdemResult *res)
 {
 	memset(res, 0, sizeof(*res));
 	res->status = rec->state == IDEM_STATE_LEASED ? "in_progress" :
-		rec->state == IDEM_STATE_ERASED ? "erased" : "completed";
+		rec->state == IDEM_STATE_ERASED ? "erased" :
+		rec->state == IDEM_STATE_FAILED ? "failed" :
+		rec->state == IDEM_STATE_DEAD ? "dead" : "completed";
+	if (IDEM_STATE_IS_FAILURE(rec->state))
+	{
+		res->attempts = rec->attempts;
+		res->last_error = rec->last_error;
+	}
 	res->code_isnull = rec->code_isnull;
 	res->response_code = rec->response_code;
 	res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+	res->response_headers = rec->response_headers;
+	res->response_bytes = rec->response_bytes;
 	res->created_at = rec->created_at;
 	res->expires_at = rec->expires_at;
 }
@@ -139,6 +171,8 @@ CountBeginResult(const IdemResult *res)
 		kind = IDEM_STAT_MISMATCH;
 	else if (strcmp(res->status, "erased") == 0)
 		kind = IDEM_STAT_ERASED_REPLIES;
+	else if (strcmp(res->status, "dead") == 0)
+		kind = IDEM_STAT_DEAD_REPLIES;
 	else
 		kind = IDEM_STAT_IN_PROGRESS;
 	IdemStatsAdd(kind, 1);
@@ -161,6 +195,17 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
 	nulls[3] = res->times_isnull;
 	values[4] = TimestampTzGetDatum(res->expires_at);
 	nulls[4] = res->times_isnull;
+	/* the columns the installed SQL declares (5 before 0.4.0) */
+	values[5] = res->response_headers;
+	nulls[5] = (res->response_headers == (Datum) 0);
+	values[6] = res->response_bytes;
+	nulls[6] = (res->response_bytes == (Datum) 0);
+	values[7] = Int32GetDatum(res->attempts);
+	nulls[7] = (res->attempts == 0);
+	values[8] = PointerGetDatum(res->last_error);
+	nulls[8] = (res->last_error == NULL);
+	Assert(cache->result_desc->natts == RESULT_NATTS ||
+		   cache->result_desc->natts == RESULT_NATTS_0_3);
 	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
 }
 
@@ -285,8 +330,10 @@ RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
 
 /*
  * idem_finish(key text, response_code int, response_body jsonb, scope text,
- *			   token uuid): the token, for a leased key, is passed only from
- *			   version 0.2.0's SQL definition.
+ *			   token uuid, response_headers jsonb, response_bytes bytea): the
+ *			   token, for a leased key, is passed only from version 0.2.0's
+ *			   SQL definition, the headers and a body of any content type
+ *			   (idem_response.c) from 0.4.0's.
  */
 Datum
 idem_finish(PG_FUNCTION_ARGS)
@@ -296,6 +343,8 @@ idem_finish(PG_FUNCTION_ARGS)
 	IdemKey		key;
 	int32		code;
 	Datum		body = (Datum) 0;
+	Datum		headers = (Datum) 0;
+	Datum		bytes = (Datum) 0;
 	IdemOpenKey *open;
 	IdemStore	store;
 	IdemRecord	rec;
@@ -312,10 +361,24 @@ idem_finish(PG_FUNCTION_ARGS)
 						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
 	if (!PG_ARGISNULL(2))
 		body = PointerGetDatum(PG_GETARG_JSONB_P(2));
+	if (PG_NARGS() > 6)
+	{
+		if (!PG_ARGISNULL(5))
+			headers = IdemCheckResponseHeaders(PG_GETARG_JSONB_P(5));
+		if (!PG_ARGISNULL(6))
+			bytes = PointerGetDatum(PG_GETARG_BYTEA_P(6));
+		if (body != (Datum) 0 && bytes != (Datum) 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a response has one body"),
+					 errdetail("Both response_body and response_bytes were given."),
+					 errhint("Pass a JSON body as response_body, any other as response_bytes with its Content-Type in response_headers.")));
+	}
 
 	IdemStoreOpen(&store, &cache->oids, true, true);
 	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
-		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body);
+		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body,
+						headers, bytes);
 	else
 	{
 		open = RequireBegunKey(&store, &key, "finish");
@@ -326,6 +389,8 @@ idem_finish(PG_FUNCTION_ARGS)
 		IdemOpenKeyTimes(open, &rec.created_at, &rec.expires_at);
 		rec.response_code = code;
 		rec.response_body = body;
+		rec.response_headers = headers;
+		rec.response_bytes = bytes;
 		if (IdemOpenKeyReplaces(open))
 			IdemClearExpiredRecord(&store, &key, rec.created_at);
 		IdemStoreInsert(&store, &key, &rec);

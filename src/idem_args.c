@@ -198,3 +198,20 @@ IdemAddInterval(TimestampTz now, Interval *value, const char *what)
 		RejectInterval(what, value);
 	return result;
 }
+
+/*
+ * A bound on the attempts at a key (idem_lease, idem_fail): 1 or more, at
+ * most IDEM_MAX_ATTEMPTS.
+ */
+int32
+IdemGetMaxAttempts(FunctionCallInfo fcinfo, int argno)
+{
+	int32		max_attempts = PG_GETARG_INT32(argno);
+
+	if (max_attempts < 1 || max_attempts > IDEM_MAX_ATTEMPTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be between 1 and %d", IDEM_MAX_ATTEMPTS),
+				 errdetail("The max_attempts given was %d.", max_attempts)));
+	return max_attempts;
+}

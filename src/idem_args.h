@@ -28,6 +28,10 @@ extern TimestampTz IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno,
 									 TimestampTz now);
 extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
 								 const char *what, TimestampTz now);
+/* The largest max_attempts. */
+#define IDEM_MAX_ATTEMPTS 1000000
+
+extern int32 IdemGetMaxAttempts(FunctionCallInfo fcinfo, int argno);
 extern bool IdemIntervalTooLong(const Interval *value);
 extern TimestampTz IdemAddInterval(TimestampTz now, Interval *value,
 								   const char *what);

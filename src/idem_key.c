@@ -77,9 +77,10 @@ IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
  * Probe the key once no other transaction is writing its record: wait for a
  * transaction still inserting it (or deleting it before it expired), or,
  * if !wait, return IDEM_PROBE_BUSY at once.  Otherwise IDEM_PROBE_FOUND
- * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, or one
- * a sweeper is deleting, counts as none, and *stale then says the caller
- * must clear it before inserting (IdemClearExpiredRecord).  With the key's
+ * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, one
+ * a sweeper is deleting, or a failed key's (the next attempt may start:
+ * idem_retry.c) counts as none, and *stale then says the caller must clear
+ * it before inserting (IdemClearExpiredRecord); rec is that record.  With the key's
  * lock held, nobody else can change the record after the wait.
  *
  * A caller that holds the key's lock (key_locked) lets it go while it waits
@@ -118,7 +119,8 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 			continue;
 		}
 		*stale = false;
-		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now)
+		if (probe == IDEM_PROBE_FOUND && rec->expires_at > now &&
+			rec->state != IDEM_STATE_FAILED)
 			return IDEM_PROBE_FOUND;
 		*stale = (probe != IDEM_PROBE_ABSENT);
 		return IDEM_PROBE_ABSENT;
@@ -126,7 +128,8 @@ IdemProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 }
 
 /*
- * Before writing a key's record, remove the expired record it replaces.
+ * Before writing a key's record, remove the expired (or failed) record it
+ * replaces.
  * Called only when IdemLockAndProbe saw one: while we hold the key's lock no
  * record can appear, so a key that was absent needs no second look.  The
  * only other transaction that can be at this row is one deleting it (a
@@ -155,7 +158,7 @@ IdemClearExpiredRecord(IdemStore *store, const IdemKey *key, TimestampTz now)
 			XactLockTableWait(xwait, store->heap, &rec.tid, XLTW_Delete);
 			IdemStatsWaitEnd(&timer);
 		}
-		else if (rec.expires_at <= now)
+		else if (rec.expires_at <= now || rec.state == IDEM_STATE_FAILED)
 			(void) IdemStoreDelete(store, &rec.tid, true);
 		else
 			elog(ERROR, "idempotency key %s has a live record while this transaction holds it",
@@ -208,6 +211,12 @@ IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
 		rec.state == IDEM_STATE_ERASED)
 		return "erased";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
+		rec.state == IDEM_STATE_DEAD)
+		return "dead (its attempts ran out)";
+	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
+		rec.state == IDEM_STATE_FAILED)
+		return "failed and not begun in this transaction";
 	if (probe == IDEM_PROBE_FOUND && rec.expires_at > now &&
 		rec.state == IDEM_STATE_LEASED)
 		return "leased (pass the token that idem_lease() returned)";
@@ -264,7 +273,7 @@ IdemProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
 
 	InitDirtySnapshot(dirty);
 	if (IdemStoreProbe(store, key, &dirty, true, rec, &xwait) == IDEM_PROBE_FOUND &&
-		rec->expires_at > now)
+		rec->expires_at > now && rec->state != IDEM_STATE_FAILED)
 	{
 		IdemCheckRecordVisible(rec, key);
 		return true;

@@ -43,8 +43,8 @@
 #include "idem_store.h"
 #include "idem_xact.h"
 
-/* Columns of the row idem_lease returns. */
-#define LEASE_RESULT_NATTS 7
+/* Columns of the row idem_lease returns; 7 before 0.4.0. */
+#define LEASE_RESULT_NATTS 10
 
 /* Limit on a phase name, in bytes; it is a label, like a key. */
 #define IDEM_PHASE_MAX_LEN 255
@@ -61,6 +61,9 @@ typedef struct LeaseResult
 	bool		code_isnull;
 	int32		response_code;
 	Datum		response_body;
+	Datum		response_headers;
+	Datum		response_bytes;
+	text	   *last_error;
 } LeaseResult;
 
 PG_FUNCTION_INFO_V1(idem_lease);
@@ -98,7 +101,7 @@ ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 
 /*
  * Decide idem_lease's result for a live record, if it needs no change:
- * erased, mismatch, replay, or in_progress while the lease runs.  Returns false
+ * erased, dead, mismatch, replay, or in_progress while the lease runs.  Returns false
  * when the lease has run out and the caller should take the key over.
  */
 static bool
@@ -109,6 +112,16 @@ DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 	{
 		res->status = "erased";
 		res->counted_as = IDEM_STAT_ERASED_REPLIES;
+	}
+	else if (rec->state == IDEM_STATE_DEAD)
+	{
+		/* its attempts ran out: the last recovery point and the reason */
+		res->status = "dead";
+		res->counted_as = IDEM_STAT_DEAD_REPLIES;
+		res->phase = rec->phase;
+		res->state = rec->phase_state;
+		res->attempts = rec->attempts;
+		res->last_error = rec->last_error;
 	}
 	else if (!IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
@@ -122,6 +135,8 @@ DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 		res->code_isnull = rec->code_isnull;
 		res->response_code = rec->response_code;
 		res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
+		res->response_headers = rec->response_headers;
+		res->response_bytes = rec->response_bytes;
 	}
 	else if (rec->lease_expires_at > now)
 	{
@@ -154,6 +169,13 @@ MakeLeaseResult(IdemCallCache *cache, const LeaseResult *res)
 	nulls[4] = (res->attempts == 0);
 	nulls[5] = res->code_isnull;
 	nulls[6] = (res->response_body == (Datum) 0);
+	/* the columns the installed SQL declares (7 before 0.4.0) */
+	values[7] = res->response_headers;
+	nulls[7] = (res->response_headers == (Datum) 0);
+	values[8] = res->response_bytes;
+	nulls[8] = (res->response_bytes == (Datum) 0);
+	values[9] = PointerGetDatum(res->last_error);
+	nulls[9] = (res->last_error == NULL);
 	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
 }
 
@@ -176,11 +198,12 @@ RequireNoNegativePart(const Interval *lease)
 
 /*
  * idem_lease(key text, request jsonb, scope text, ttl interval,
- *			  lease interval)
+ *			  lease interval, max_attempts int)
  *
  * Begin a key whose in-progress record commits: started (a new key),
- * resumed (an earlier lease ran out: take it over), replay, mismatch, or
- * in_progress (a live lease is held by someone else).
+ * resumed (an earlier lease ran out: take it over), replay, mismatch,
+ * in_progress (a live lease is held by someone else), erased, or dead (the
+ * lease ran out on the last attempt max_attempts allows, now or before).
  */
 Datum
 idem_lease(PG_FUNCTION_ARGS)
@@ -198,6 +221,7 @@ idem_lease(PG_FUNCTION_ARGS)
 	LeaseResult res;
 	pg_uuid_t	token;
 	bool		stale;
+	int32		max_attempts = 0;
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
@@ -205,6 +229,9 @@ idem_lease(PG_FUNCTION_ARGS)
 	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
 	lease = PG_GETARG_INTERVAL_P(4);
 	RequireNoNegativePart(lease);
+	/* from 0.4.0: a bound on the attempts (leases taken) */
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+		max_attempts = IdemGetMaxAttempts(fcinfo, 5);
 	IdemCheckNotOpen(&key, "lease");
 	fp.isnull = PG_ARGISNULL(1);
 	fp.kind = IDEM_FP_KIND_JSONB;
@@ -243,6 +270,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.lease_expires_at = Min(lease_until, expires_at);
 			rec.lease_duration = *lease;
 			rec.attempts = 1;
+			rec.max_attempts = max_attempts;
 			IdemStoreInsert(&store, &key, &rec);
 			CommandCounterIncrement();
 			res.status = "started";
@@ -253,7 +281,29 @@ idem_lease(PG_FUNCTION_ARGS)
 		if (DecideLive(&rec, &fp, now, &res))
 			break;
 
-		/* the lease ran out: take the key over from its recovery point */
+		/*
+		 * The lease ran out.  If that was the last attempt the caller (or
+		 * an earlier one) allows, the key is dead: it keeps its recovery
+		 * point, and nothing takes it over again (idem_retry.c).
+		 */
+		if (max_attempts > 0)
+			rec.max_attempts = max_attempts;
+		if (rec.max_attempts > 0 && rec.attempts >= rec.max_attempts)
+		{
+			rec.state = IDEM_STATE_DEAD;
+			if (rec.last_error == NULL)
+				rec.last_error = cstring_to_text(rec.attempts == 1 ?
+												 pstrdup("its lease ran out") :
+												 psprintf("its lease ran out %d times", rec.attempts));
+			if (!IdemStoreUpdate(&store, &key, &rec))
+				continue;
+			CommandCounterIncrement();
+			IdemStatsAdd(IDEM_STAT_DEAD, 1);
+			(void) DecideLive(&rec, &fp, now, &res);
+			break;
+		}
+
+		/* take the key over from its recovery point */
 		NewToken(&rec.lease_token);
 		rec.lease_expires_at = Min(lease_until, rec.expires_at);
 		rec.lease_duration = *lease;
@@ -417,7 +467,8 @@ idem_checkpoint(PG_FUNCTION_ARGS)
  */
 void
 IdemLeaseFinish(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
-				int32 response_code, Datum response_body)
+				int32 response_code, Datum response_body,
+				Datum response_headers, Datum response_bytes)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemRecord	rec;
@@ -433,6 +484,8 @@ IdemLeaseFinish(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 		rec.response_code = response_code;
 		rec.response_body = response_body;
 		rec.body_isnull = (response_body == (Datum) 0);
+		rec.response_headers = response_headers;
+		rec.response_bytes = response_bytes;
 	} while (!IdemStoreUpdate(store, key, &rec));
 	CommandCounterIncrement();
 	IdemKeyUnlock(key);
@@ -453,4 +506,41 @@ IdemLeaseRelease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token)
 	while (!IdemStoreDelete(store, &rec.tid, true));
 	CommandCounterIncrement();
 	IdemKeyUnlock(key);
+}
+
+/*
+ * idem_fail with a token: the holder reports a failed attempt.  The reason
+ * is recorded; if the attempts the lease has taken reach the bound (the
+ * caller's, or the one the key has), the key is dead, keeping its recovery
+ * point; otherwise its lease ends now, so that the next idem_lease takes
+ * it over at once.  Returns whether it is dead.
+ */
+bool
+IdemLeaseFail(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
+			  text *error, int32 max_attempts)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemRecord	rec;
+	bool		dead;
+
+	IdemStoreRequireLeases(store);
+	PreventCommandIfReadOnly("idem_fail()");
+	(void) IdemKeyLock(key, true);
+	do
+	{
+		RequireLease(store, key, token, "fail", now, &rec);
+		rec.last_error = error;
+		if (max_attempts > 0)
+			rec.max_attempts = max_attempts;
+		dead = (rec.max_attempts > 0 && rec.attempts >= rec.max_attempts);
+		if (dead)
+			rec.state = IDEM_STATE_DEAD;
+		else
+			rec.lease_expires_at = now;
+	} while (!IdemStoreUpdate(store, key, &rec));
+	CommandCounterIncrement();
+	IdemKeyUnlock(key);
+	if (dead)
+		IdemStatsAdd(IDEM_STAT_DEAD, 1);
+	return dead;
 }

@@ -12,7 +12,11 @@
 
 extern void IdemLeaseFinish(IdemStore *store, const IdemKey *key,
 							const pg_uuid_t *token, int32 response_code,
-							Datum response_body);
+							Datum response_body, Datum response_headers,
+							Datum response_bytes);
+extern bool IdemLeaseFail(IdemStore *store, const IdemKey *key,
+						  const pg_uuid_t *token, text *error,
+						  int32 max_attempts);
 extern void IdemLeaseRelease(IdemStore *store, const IdemKey *key,
 							 const pg_uuid_t *token);
 

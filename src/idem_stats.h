@@ -28,6 +28,11 @@ typedef enum IdemStatKind
 	IDEM_STAT_ERASED,			/* keys erased (idem_erase, idem_erase_scope) */
 	IDEM_STAT_ERASED_REPLIES,	/* calls answered "erased" */
 	IDEM_STAT_KEPT,				/* keys made permanent (idem_keep) */
+	IDEM_STAT_FAILURES,			/* failed attempts recorded (idem_fail) */
+	IDEM_STAT_DEAD,				/* keys whose attempts ran out */
+	IDEM_STAT_DEAD_REPLIES,		/* calls answered "dead" */
+	IDEM_STAT_RETRIED,			/* dead keys given new attempts (idem_retry) */
+	IDEM_STAT_DISCARDED,		/* failed or dead keys removed (idem_discard) */
 	IDEM_STAT_KEY_WAITS,		/* calls that waited for another transaction */
 	IDEM_STAT_KEY_WAIT_TIME,	/* nanoseconds of those waits */
 	IDEM_STAT_TIMED_CALLS,		/* calls timed (idempotency.track_timing) */

@@ -63,13 +63,21 @@
 #define Anum_attempts		12
 #define Anum_phase			13
 #define Anum_phase_state	14
-#define Natts_idem_keys		14
-#define Natts_idem_keys_0_1	8	/* before ALTER EXTENSION UPDATE */
+/* added by version 0.4.0: whole responses */
+#define Anum_response_headers 15
+#define Anum_response_bytes	16
+/* and bounded retries */
+#define Anum_max_attempts	17
+#define Anum_last_error		18
+#define Natts_idem_keys		18
+#define Natts_idem_keys_0_2	14	/* 0.2.0 to 0.3.1 */
+#define Natts_idem_keys_0_1	8
 
 #define IDEM_TABLE_NAME		"idem_keys"
 #define IDEM_PKEY_NAME		"idem_keys_pkey"
 #define IDEM_EXPIRY_NAME	"idem_keys_expires_at"
 #define IDEM_LEASES_NAME	"idem_keys_leases"
+#define IDEM_FAILURES_NAME	"idem_keys_failures"
 
 /*
  * The 64-bit hash of (scope, key) that names the key's lock.  Seeding the
@@ -150,6 +158,10 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	oids->leases = get_relname_relid(IDEM_LEASES_NAME, nspid);
 	if (OidIsValid(oids->leases) && !IsStoreIndex(oids->leases, oids->heap))
 		oids->leases = InvalidOid;
+	/* likewise until 0.4.0 */
+	oids->failures = get_relname_relid(IDEM_FAILURES_NAME, nspid);
+	if (OidIsValid(oids->failures) && !IsStoreIndex(oids->failures, oids->heap))
+		oids->failures = InvalidOid;
 }
 
 /*
@@ -205,7 +217,8 @@ IdemStoreResolveInstalled(IdemStoreOids *oids)
  * A library newer than the installed extension script still works: a 0.1.0
  * table has no lease columns (they read as NULL and are not written) and no
  * lease index, and only the lease functions, which 0.1.0 does not have,
- * need them.
+ * need them; a table from before 0.4.0 has no headers or byte bodies, which
+ * only 0.4.0's idem_finish can pass.
  */
 void
 IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
@@ -216,7 +229,7 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 
 	store->heap = table_open(oids->heap, lockmode);
 	natts = RelationGetDescr(store->heap)->natts;
-	if (natts != Natts_idem_keys &&
+	if (natts != Natts_idem_keys && natts != Natts_idem_keys_0_2 &&
 		!(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases)))
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
@@ -224,18 +237,21 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 	store->expiry = for_insert ? index_open(oids->expiry, lockmode) : NULL;
 	store->leases = (for_insert && OidIsValid(oids->leases)) ?
 		index_open(oids->leases, lockmode) : NULL;
+	store->failures = (for_insert && OidIsValid(oids->failures)) ?
+		index_open(oids->failures, lockmode) : NULL;
 	store->slot = table_slot_create(store->heap, NULL);
 	store->cxt = CurrentMemoryContext;
 	store->pkey_info = NULL;
 	store->expiry_info = NULL;
 	store->leases_info = NULL;
+	store->failures_info = NULL;
 }
 
 /* Raise an error unless the store has the lease columns (version 0.2.0). */
 void
 IdemStoreRequireLeases(IdemStore *store)
 {
-	if (RelationGetDescr(store->heap)->natts < Natts_idem_keys)
+	if (RelationGetDescr(store->heap)->natts < Natts_idem_keys_0_2)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("leases need version 0.2.0 of extension \"idempotency\""),
@@ -247,6 +263,8 @@ void
 IdemStoreClose(IdemStore *store)
 {
 	ExecDropSingleTupleTableSlot(store->slot);
+	if (store->failures)
+		index_close(store->failures, NoLock);
 	if (store->leases)
 		index_close(store->leases, NoLock);
 	if (store->expiry)
@@ -304,15 +322,44 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 		rec->response_body = PointerGetDatum(
 			PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_body - 1]));
 
-	/* the lease columns; a 0.1.0 table has none */
+	/* the headers and byte body; a table from before 0.4.0 has none */
+	rec->response_headers = (Datum) 0;
+	rec->response_bytes = (Datum) 0;
+	if (want_body && slot->tts_nvalid >= Natts_idem_keys)
+	{
+		if (!slot->tts_isnull[Anum_response_headers - 1])
+			rec->response_headers = PointerGetDatum(
+				PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_headers - 1]));
+		if (!slot->tts_isnull[Anum_response_bytes - 1])
+			rec->response_bytes = PointerGetDatum(
+				PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_bytes - 1]));
+	}
+
+	/*
+	 * The lease columns; a 0.1.0 table has none.  A failed or dead key keeps
+	 * its attempts, its recovery point and (a lease's) the lease's length.
+	 */
 	memset(&rec->lease_token, 0, sizeof(rec->lease_token));
 	rec->lease_expires_at = 0;
 	memset(&rec->lease_duration, 0, sizeof(rec->lease_duration));
 	rec->attempts = 0;
 	rec->phase = NULL;
 	rec->phase_state = (Datum) 0;
-	if (rec->state != IDEM_STATE_LEASED || slot->tts_nvalid < Natts_idem_keys)
+	rec->max_attempts = 0;
+	rec->last_error = NULL;
+	if (slot->tts_nvalid < Natts_idem_keys_0_2)
 		return;
+	if (!slot->tts_isnull[Anum_attempts - 1])
+		rec->attempts = DatumGetInt32(slot->tts_values[Anum_attempts - 1]);
+	if (rec->state != IDEM_STATE_LEASED && !IDEM_STATE_IS_FAILURE(rec->state))
+		return;
+	if (slot->tts_nvalid >= Natts_idem_keys)
+	{
+		if (!slot->tts_isnull[Anum_max_attempts - 1])
+			rec->max_attempts = DatumGetInt32(slot->tts_values[Anum_max_attempts - 1]);
+		if (want_body && !slot->tts_isnull[Anum_last_error - 1])
+			rec->last_error = DatumGetTextPCopy(slot->tts_values[Anum_last_error - 1]);
+	}
 	if (!slot->tts_isnull[Anum_lease_token - 1])
 		rec->lease_token = *DatumGetUUIDP(slot->tts_values[Anum_lease_token - 1]);
 	if (!slot->tts_isnull[Anum_lease_expires_at - 1])
@@ -321,8 +368,6 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	if (!slot->tts_isnull[Anum_lease_duration - 1])
 		rec->lease_duration =
 			*DatumGetIntervalP(slot->tts_values[Anum_lease_duration - 1]);
-	if (!slot->tts_isnull[Anum_attempts - 1])
-		rec->attempts = DatumGetInt32(slot->tts_values[Anum_attempts - 1]);
 	if (want_body && !slot->tts_isnull[Anum_phase - 1])
 		rec->phase = DatumGetTextPCopy(slot->tts_values[Anum_phase - 1]);
 	if (want_body && !slot->tts_isnull[Anum_phase_state - 1])
@@ -495,25 +540,48 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	values[Anum_response_body - 1] = rec->response_body;
 	nulls[Anum_response_body - 1] = (rec->response_body == (Datum) 0);
 
-	if (leased)
+	if (rec->response_headers != (Datum) 0 || rec->response_bytes != (Datum) 0)
 	{
 		Assert(RelationGetDescr(store->heap)->natts == Natts_idem_keys);
+		values[Anum_response_headers - 1] = rec->response_headers;
+		nulls[Anum_response_headers - 1] = (rec->response_headers == (Datum) 0);
+		values[Anum_response_bytes - 1] = rec->response_bytes;
+		nulls[Anum_response_bytes - 1] = (rec->response_bytes == (Datum) 0);
+	}
+
+	if (leased)
+	{
+		Assert(RelationGetDescr(store->heap)->natts >= Natts_idem_keys_0_2);
 		values[Anum_lease_token - 1] = UUIDPGetDatum(&rec->lease_token);
 		values[Anum_lease_expires_at - 1] = TimestampTzGetDatum(rec->lease_expires_at);
-		values[Anum_lease_duration - 1] = IntervalPGetDatum(&rec->lease_duration);
-		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
-		values[Anum_phase - 1] = PointerGetDatum(rec->phase);
-		values[Anum_phase_state - 1] = rec->phase_state;
 		nulls[Anum_lease_token - 1] = false;
 		nulls[Anum_lease_expires_at - 1] = false;
-		nulls[Anum_lease_duration - 1] = false;
-		nulls[Anum_attempts - 1] = false;
-		nulls[Anum_phase - 1] = (rec->phase == NULL);
-		nulls[Anum_phase_state - 1] = (rec->phase_state == (Datum) 0);
 	}
-	else if (RelationGetDescr(store->heap)->natts == Natts_idem_keys)
+	if (leased || IDEM_STATE_IS_FAILURE(rec->state))
 	{
-		/* a finished lease keeps its attempt count */
+		/* a failed or dead key keeps its recovery point, and a lease's length */
+		bool		no_duration = (rec->lease_duration.month == 0 &&
+								   rec->lease_duration.day == 0 &&
+								   rec->lease_duration.time == 0);
+
+		Assert(RelationGetDescr(store->heap)->natts >= Natts_idem_keys_0_2);
+		values[Anum_lease_duration - 1] = IntervalPGetDatum(&rec->lease_duration);
+		nulls[Anum_lease_duration - 1] = no_duration;
+		values[Anum_phase - 1] = PointerGetDatum(rec->phase);
+		nulls[Anum_phase - 1] = (rec->phase == NULL);
+		values[Anum_phase_state - 1] = rec->phase_state;
+		nulls[Anum_phase_state - 1] = (rec->phase_state == (Datum) 0);
+		if (RelationGetDescr(store->heap)->natts >= Natts_idem_keys)
+		{
+			values[Anum_max_attempts - 1] = Int32GetDatum(rec->max_attempts);
+			nulls[Anum_max_attempts - 1] = (rec->max_attempts == 0);
+			values[Anum_last_error - 1] = PointerGetDatum(rec->last_error);
+			nulls[Anum_last_error - 1] = (rec->last_error == NULL);
+		}
+	}
+	if (RelationGetDescr(store->heap)->natts >= Natts_idem_keys_0_2)
+	{
+		/* every key that had attempts keeps their count (a finished lease too) */
 		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
 		nulls[Anum_attempts - 1] = (rec->attempts == 0);
 	}
@@ -544,6 +612,8 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 		store->expiry_info = BuildIndexInfo(store->expiry);
 		if (store->leases != NULL)
 			store->leases_info = BuildIndexInfo(store->leases);
+		if (store->failures != NULL)
+			store->failures_info = BuildIndexInfo(store->failures);
 		MemoryContextSwitchTo(old);
 	}
 
@@ -561,6 +631,16 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 		values[0] = TimestampTzGetDatum(rec->lease_expires_at);
 		index_insert(store->leases, values, nulls, tid, store->heap,
 					 UNIQUE_CHECK_NO, false, store->leases_info);
+	}
+
+	/* failed and dead keys, for the operator's list (WHERE state IN ('f', 'd')) */
+	if (IDEM_STATE_IS_FAILURE(rec->state))
+	{
+		Assert(store->failures != NULL);
+		values[0] = PointerGetDatum(key->scope);
+		values[1] = PointerGetDatum(key->key);
+		index_insert(store->failures, values, nulls, tid, store->heap,
+					 UNIQUE_CHECK_NO, false, store->failures_info);
 	}
 }
 
@@ -810,7 +890,9 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 		!ConditionalLockRelationOid(oids->pkey, RowExclusiveLock) ||
 		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock) ||
 		(OidIsValid(oids->leases) &&
-		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)))
+		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)) ||
+		(OidIsValid(oids->failures) &&
+		 !ConditionalLockRelationOid(oids->failures, RowExclusiveLock)))
 	{
 		if (locked_out != NULL)
 			*locked_out = true;

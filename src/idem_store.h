@@ -24,6 +24,11 @@
 #define IDEM_STATE_COMPLETED	'c'
 #define IDEM_STATE_LEASED		'p'	/* committed while its work goes on */
 #define IDEM_STATE_ERASED		'e'	/* erased: the key stays, nothing else */
+#define IDEM_STATE_FAILED		'f'	/* attempts failed; the next may start */
+#define IDEM_STATE_DEAD			'd'	/* attempts ran out: nothing starts again */
+
+/* A state that idem_keys_failures indexes. */
+#define IDEM_STATE_IS_FAILURE(s) ((s) == IDEM_STATE_FAILED || (s) == IDEM_STATE_DEAD)
 
 /* An identified (scope, key); both detoasted and validated. */
 typedef struct IdemKey
@@ -57,15 +62,21 @@ typedef struct IdemRecord
 	IdemFingerprint fingerprint;
 	bool		body_isnull;
 	Datum		response_body;	/* detoasted copy, or 0 if not asked for */
+	Datum		response_headers;	/* jsonb, likewise (from 0.4.0) */
+	Datum		response_bytes; /* bytea, likewise: a body of any type */
 	bool		inserting;		/* BUSY: the busy transaction inserts it */
 
 	/* the lease and its last recovery point */
 	pg_uuid_t	lease_token;
 	TimestampTz lease_expires_at;
-	Interval	lease_duration;
+	Interval	lease_duration;	/* all zero for none: not a lease's */
 	int32		attempts;
 	text	   *phase;			/* NULL for none (or not asked for) */
 	Datum		phase_state;	/* detoasted copy, or 0 */
+
+	/* bounded retries (from 0.4.0) */
+	int32		max_attempts;	/* 0 for no bound */
+	text	   *last_error;		/* NULL for none (or not asked for) */
 } IdemRecord;
 
 typedef enum IdemProbeResult
@@ -83,6 +94,7 @@ typedef struct IdemStoreOids
 	Oid			pkey;
 	Oid			expiry;
 	Oid			leases;			/* InvalidOid before version 0.2.0 */
+	Oid			failures;		/* InvalidOid before version 0.4.0 */
 } IdemStoreOids;
 
 /*
@@ -106,11 +118,13 @@ typedef struct IdemStore
 	Relation	pkey;
 	Relation	expiry;			/* only when opened for inserts */
 	Relation	leases;			/* likewise, and only from version 0.2.0 */
+	Relation	failures;		/* likewise, and only from version 0.4.0 */
 	TupleTableSlot *slot;
 	MemoryContext cxt;			/* where it was opened */
 	struct IndexInfo *pkey_info;	/* built at the first insert */
 	struct IndexInfo *expiry_info;
 	struct IndexInfo *leases_info;
+	struct IndexInfo *failures_info;
 } IdemStore;
 
 extern uint64 IdemKeyHash(const text *scope, const text *key);

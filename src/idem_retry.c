@@ -1,0 +1,289 @@
+/*
+ * idem_retry.c
+ *	  Retries that are not forever (issue #11 part 2): idem_fail records a
+ *	  failed attempt that survives its transaction's rollback, and the
+ *	  operator's idem_retry and idem_discard act on keys whose attempts ran
+ *	  out.
+ *
+ * A request or message whose work fails rolls back everything its
+ * transaction wrote, the key's record included, so nothing would stop it
+ * from failing the same way forever.  After the rollback the caller
+ * records the failure in a transaction of its own with idem_fail: the key
+ * gets a record of state 'f' (failed) with the attempt count, the reason
+ * and the bound the caller sets.  The next begin of the key starts the work
+ * again (the failed record is replaced when it finishes); once the count
+ * reaches the bound the key is 'd' (dead): every later call answers "dead"
+ * (idem_once: false) with the count and the reason, and nothing starts it
+ * again until an operator calls idem_retry (new attempts) or idem_discard
+ * (forget the key), or its ttl passes.  A lease holder reports its failure
+ * with its token (idem_lease.c); a lease that keeps running out reaches its
+ * bound in idem_lease itself, and a dead lease keeps its recovery point.
+ *
+ * Every change is made holding the key's lock after waiting for its
+ * writers, so two failures reported at once count twice, and the one that
+ * reaches the bound is the one that makes the key dead.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "idem_args.h"
+#include "idem_key.h"
+#include "idem_lease.h"
+#include "idem_stats.h"
+#include "idem_store.h"
+#include "idem_xact.h"
+
+/* The longest reason recorded, in bytes. */
+#define IDEM_MAX_ERROR_LEN 8192
+
+PG_FUNCTION_INFO_V1(idem_fail);
+PG_FUNCTION_INFO_V1(idem_retry);
+PG_FUNCTION_INFO_V1(idem_discard);
+
+/* Lock the key and wait for its writers; is there a live record (rec)? */
+static bool
+LockSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
+			IdemRecord *rec, bool *stale)
+{
+	CommandCounterIncrement();
+	(void) IdemKeyLock(key, true);
+	return IdemProbeSettled(store, key, now, true, true, rec, stale) ==
+		IDEM_PROBE_FOUND;
+}
+
+/* Raise 55000: the key is not in a state the function applies to. */
+static void
+RefuseState(IdemStore *store, const IdemKey *key, const char *verb,
+			const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s idempotency key %s because it is %s",
+					verb, IdemKeyName(key), IdemDescribeKeyState(store, key, NULL)),
+			 errhint("%s", hint)));
+}
+
+/*
+ * idem_fail(key text, error text, scope text, max_attempts int,
+ *			 ttl interval, token uuid): record a failed attempt.  Returns
+ * 'failed' (the next attempt may start) or 'dead'.
+ */
+Datum
+idem_fail(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemCallTimer timer;
+	IdemKey		key;
+	text	   *error;
+	int			error_len;
+	int32		max_attempts = 0;
+	TimestampTz expires_at;
+	IdemStore	store;
+	IdemRecord	rec;
+	bool		stale;
+	bool		existing;
+	bool		dead;
+
+	IdemStatsCallStart(&timer);
+	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	IdemRequireArg(fcinfo, 1, "error");
+	error = PG_GETARG_TEXT_P_COPY(1);
+	error_len = VARSIZE_ANY_EXHDR(error);
+	if (error_len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("error must not be empty"),
+				 errhint("Record what made the attempt fail: the operator reads it.")));
+	if (error_len > IDEM_MAX_ERROR_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("error is too long"),
+				 errdetail("It is %d bytes; the limit is %d bytes.", error_len, IDEM_MAX_ERROR_LEN)));
+	if (!PG_ARGISNULL(3))
+		max_attempts = IdemGetMaxAttempts(fcinfo, 3);
+	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
+	IdemCheckNotOpen(&key, "fail");
+	PreventCommandIfReadOnly("idem_fail()");
+
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreRequireLeases(&store);
+	if (!PG_ARGISNULL(5))
+	{
+		dead = IdemLeaseFail(&store, &key, PG_GETARG_UUID_P(5), error, max_attempts);
+		goto done;
+	}
+
+	for (;;)
+	{
+		if (LockSettled(&store, &key, now, &rec, &stale))
+		{
+			IdemCheckRecordVisible(&rec, &key);
+			if (rec.state == IDEM_STATE_DEAD)
+			{
+				dead = true;	/* dead already: it stays as it is */
+				break;
+			}
+			if (rec.state == IDEM_STATE_LEASED)
+				RefuseState(&store, &key, "fail",
+							"A leased key's failure is reported by its holder: pass the token that idem_lease() returned.");
+			RefuseState(&store, &key, "fail",
+						"idem_fail() records a failed attempt at a key that has no result: call it after the attempt's transaction rolled back.");
+		}
+		existing = (stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now);
+		if (existing)
+		{
+			/* one more failed attempt */
+			IdemCheckRecordVisible(&rec, &key);
+			rec.attempts++;
+		}
+		else
+		{
+			/* the first: an expired record goes, a failed one is made */
+			if (stale)
+				IdemClearExpiredRecord(&store, &key, now);
+			memset(&rec, 0, sizeof(rec));
+			rec.created_at = now;
+			rec.expires_at = expires_at;
+			rec.code_isnull = true;
+			rec.fingerprint.isnull = true;
+			rec.attempts = 1;
+		}
+		rec.last_error = error;
+		if (max_attempts > 0)
+			rec.max_attempts = max_attempts;
+		dead = (rec.max_attempts > 0 && rec.attempts >= rec.max_attempts);
+		rec.state = dead ? IDEM_STATE_DEAD : IDEM_STATE_FAILED;
+		if (!existing)
+			IdemStoreInsert(&store, &key, &rec);
+		else if (!IdemStoreUpdate(&store, &key, &rec))
+		{
+			IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+			continue;
+		}
+		if (dead)
+			IdemStatsAdd(IDEM_STAT_DEAD, 1);
+		break;
+	}
+	CommandCounterIncrement();
+	IdemKeyUnlock(&key);
+
+done:
+	IdemStoreClose(&store);
+	IdemStatsAdd(IDEM_STAT_FAILURES, 1);
+	IdemStatsCallEnd(&timer);
+	PG_RETURN_TEXT_P(cstring_to_text(dead ? "dead" : "failed"));
+}
+
+/*
+ * idem_retry(key text, scope text): give a dead key new attempts, as many
+ * as its bound allows.  A dead lease can be taken over at once by the next
+ * idem_lease, from its last recovery point; any other dead key is failed
+ * again, and its next begin starts the work.  Returns the key's new state:
+ * 'in_progress' (a lease to take over) or 'failed'.
+ */
+Datum
+idem_retry(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemCallTimer timer;
+	IdemKey		key;
+	IdemStore	store;
+	IdemRecord	rec;
+	bool		stale;
+	bool		was_lease;
+
+	IdemStatsCallStart(&timer);
+	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	IdemCheckNotOpen(&key, "retry");
+	PreventCommandIfReadOnly("idem_retry()");
+
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreRequireLeases(&store);
+	for (;;)
+	{
+		if (!LockSettled(&store, &key, now, &rec, &stale) ||
+			rec.state != IDEM_STATE_DEAD)
+			RefuseState(&store, &key, "retry",
+						"idem_retry() gives new attempts to a dead key: one whose attempts ran out.");
+		IdemCheckRecordVisible(&rec, &key);
+		/* a lease's record keeps the lease's length */
+		was_lease = !(rec.lease_duration.month == 0 && rec.lease_duration.day == 0 &&
+					  rec.lease_duration.time == 0);
+		rec.attempts = 0;
+		if (was_lease)
+		{
+			/* no holder: the token is nobody's, and the lease has run out */
+			rec.state = IDEM_STATE_LEASED;
+			if (!pg_strong_random(rec.lease_token.data, UUID_LEN))
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not generate random values")));
+			rec.lease_expires_at = now;
+		}
+		else
+			rec.state = IDEM_STATE_FAILED;
+		if (IdemStoreUpdate(&store, &key, &rec))
+			break;
+		IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+	}
+	CommandCounterIncrement();
+	IdemKeyUnlock(&key);
+	IdemStoreClose(&store);
+
+	IdemStatsAdd(IDEM_STAT_RETRIED, 1);
+	IdemStatsCallEnd(&timer);
+	PG_RETURN_TEXT_P(cstring_to_text(was_lease ? "in_progress" : "failed"));
+}
+
+/*
+ * idem_discard(key text, scope text): forget a failed or dead key and
+ * everything it recorded; the key is absent, and its next begin starts the
+ * work as for a new key.
+ */
+Datum
+idem_discard(PG_FUNCTION_ARGS)
+{
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemCallTimer timer;
+	IdemKey		key;
+	IdemStore	store;
+	IdemRecord	rec;
+	bool		stale;
+
+	IdemStatsCallStart(&timer);
+	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	IdemCheckNotOpen(&key, "discard");
+	PreventCommandIfReadOnly("idem_discard()");
+
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreRequireLeases(&store);
+	for (;;)
+	{
+		bool		found = LockSettled(&store, &key, now, &rec, &stale);
+
+		if (found && rec.state != IDEM_STATE_DEAD)
+			found = false;
+		if (!found && !(stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now))
+			RefuseState(&store, &key, "discard",
+						"idem_discard() forgets a failed or dead key.");
+		IdemCheckRecordVisible(&rec, &key);
+		if (IdemStoreDelete(&store, &rec.tid, true))
+			break;
+		IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+	}
+	CommandCounterIncrement();
+	IdemKeyUnlock(&key);
+	IdemStoreClose(&store);
+
+	IdemStatsAdd(IDEM_STAT_DISCARDED, 1);
+	IdemStatsCallEnd(&timer);
+	PG_RETURN_BOOL(true);
+}
