@@ -64,10 +64,111 @@ ALTER TABLE @extschema@.idem_keys
 CREATE INDEX idem_keys_failures ON @extschema@.idem_keys
     USING btree (scope, key) WHERE state OPERATOR(pg_catalog.=) ANY ('{f,d}'::pg_catalog."char"[]);
 
--- Functions whose result columns or arguments change, and the idem_stats
--- view over one of them, are made again: a function's result type cannot
--- change in place, and a new argument list is a new function (the old one
--- would make every call without the new arguments ambiguous).  Each keeps
+-- idem_begin, idem_lookup and idem_lease keep the rows they return, so that
+-- code written against them (RETURN QUERY SELECT * FROM idem_begin(...) in
+-- a function that returns their five columns, say) works as before.  The
+-- _full variants take the same arguments (idem_lease_full also a bound on
+-- the attempts) and return the whole stored response, the attempts and
+-- the last error as well: what whole responses and bounded retries need.
+CREATE FUNCTION @extschema@.idem_begin_full(
+    key pg_catalog.text,
+    request pg_catalog.jsonb DEFAULT NULL,
+    scope pg_catalog.text DEFAULT '',
+    ttl pg_catalog.interval DEFAULT '24 hours',
+    wait pg_catalog.bool DEFAULT true,
+    OUT status pg_catalog.text,
+    OUT response_code pg_catalog.int4,
+    OUT response_body pg_catalog.jsonb,
+    OUT created_at pg_catalog.timestamptz,
+    OUT expires_at pg_catalog.timestamptz,
+    OUT response_headers pg_catalog.jsonb,
+    OUT response_bytes pg_catalog.bytea,
+    OUT attempts pg_catalog.int4,
+    OUT last_error pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_begin_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.idem_begin_full(
+    key pg_catalog.text,
+    request pg_catalog.text,
+    scope pg_catalog.text DEFAULT '',
+    ttl pg_catalog.interval DEFAULT '24 hours',
+    wait pg_catalog.bool DEFAULT true,
+    OUT status pg_catalog.text,
+    OUT response_code pg_catalog.int4,
+    OUT response_body pg_catalog.jsonb,
+    OUT created_at pg_catalog.timestamptz,
+    OUT expires_at pg_catalog.timestamptz,
+    OUT response_headers pg_catalog.jsonb,
+    OUT response_bytes pg_catalog.bytea,
+    OUT attempts pg_catalog.int4,
+    OUT last_error pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_begin_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.idem_begin_full(
+    key pg_catalog.text,
+    request pg_catalog.bytea,
+    scope pg_catalog.text DEFAULT '',
+    ttl pg_catalog.interval DEFAULT '24 hours',
+    wait pg_catalog.bool DEFAULT true,
+    OUT status pg_catalog.text,
+    OUT response_code pg_catalog.int4,
+    OUT response_body pg_catalog.jsonb,
+    OUT created_at pg_catalog.timestamptz,
+    OUT expires_at pg_catalog.timestamptz,
+    OUT response_headers pg_catalog.jsonb,
+    OUT response_bytes pg_catalog.bytea,
+    OUT attempts pg_catalog.int4,
+    OUT last_error pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_begin_bytea'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.idem_lookup_full(
+    key pg_catalog.text,
+    scope pg_catalog.text DEFAULT '',
+    OUT status pg_catalog.text,
+    OUT response_code pg_catalog.int4,
+    OUT response_body pg_catalog.jsonb,
+    OUT created_at pg_catalog.timestamptz,
+    OUT expires_at pg_catalog.timestamptz,
+    OUT response_headers pg_catalog.jsonb,
+    OUT response_bytes pg_catalog.bytea,
+    OUT attempts pg_catalog.int4,
+    OUT last_error pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_lookup'
+LANGUAGE C STABLE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.idem_lease_full(
+    key pg_catalog.text,
+    request pg_catalog.jsonb DEFAULT NULL,
+    scope pg_catalog.text DEFAULT '',
+    ttl pg_catalog.interval DEFAULT '24 hours',
+    lease pg_catalog.interval DEFAULT '30 seconds',
+    max_attempts pg_catalog.int4 DEFAULT NULL,
+    OUT status pg_catalog.text,
+    OUT token pg_catalog.uuid,
+    OUT phase pg_catalog.text,
+    OUT state pg_catalog.jsonb,
+    OUT attempts pg_catalog.int4,
+    OUT response_code pg_catalog.int4,
+    OUT response_body pg_catalog.jsonb,
+    OUT response_headers pg_catalog.jsonb,
+    OUT response_bytes pg_catalog.bytea,
+    OUT last_error pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_lease'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- idem_finish gains two trailing arguments, and idem_stats result columns;
+-- they are made again, with the idem_stats view over the function: a
+-- function's result type cannot change in place, and a new argument list
+-- is a new function (the old one would make every call without the new
+-- arguments ambiguous).  Each keeps
 -- the privileges granted or revoked on it since the install, and its
 -- initial privileges (pg_init_privs, which pg_dump leaves out) stay those a
 -- fresh install gives it: the administrator's grants are dumped and
@@ -125,111 +226,7 @@ LANGUAGE C VOLATILE PARALLEL SAFE;
 REVOKE ALL ON FUNCTION @extschema@.idem_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.idem_stats() TO pg_monitor;
 $sql$),
-        (3, 'function', '@extschema@.idem_begin(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
-            '@extschema@.idem_begin(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)', $sql$
-CREATE FUNCTION @extschema@.idem_begin(
-    key pg_catalog.text,
-    request pg_catalog.jsonb DEFAULT NULL,
-    scope pg_catalog.text DEFAULT '',
-    ttl pg_catalog.interval DEFAULT '24 hours',
-    wait pg_catalog.bool DEFAULT true,
-    OUT status pg_catalog.text,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT created_at pg_catalog.timestamptz,
-    OUT expires_at pg_catalog.timestamptz,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT attempts pg_catalog.int4,
-    OUT last_error pg_catalog.text)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_begin_jsonb'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
-$sql$),
-        (4, 'function', '@extschema@.idem_begin(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
-            '@extschema@.idem_begin(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)', $sql$
-CREATE FUNCTION @extschema@.idem_begin(
-    key pg_catalog.text,
-    request pg_catalog.text,
-    scope pg_catalog.text DEFAULT '',
-    ttl pg_catalog.interval DEFAULT '24 hours',
-    wait pg_catalog.bool DEFAULT true,
-    OUT status pg_catalog.text,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT created_at pg_catalog.timestamptz,
-    OUT expires_at pg_catalog.timestamptz,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT attempts pg_catalog.int4,
-    OUT last_error pg_catalog.text)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_begin_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
-$sql$),
-        (5, 'function', '@extschema@.idem_begin(pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
-            '@extschema@.idem_begin(pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)', $sql$
-CREATE FUNCTION @extschema@.idem_begin(
-    key pg_catalog.text,
-    request pg_catalog.bytea,
-    scope pg_catalog.text DEFAULT '',
-    ttl pg_catalog.interval DEFAULT '24 hours',
-    wait pg_catalog.bool DEFAULT true,
-    OUT status pg_catalog.text,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT created_at pg_catalog.timestamptz,
-    OUT expires_at pg_catalog.timestamptz,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT attempts pg_catalog.int4,
-    OUT last_error pg_catalog.text)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_begin_bytea'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
-$sql$),
-        (6, 'function', '@extschema@.idem_lookup(pg_catalog.text, pg_catalog.text)',
-            '@extschema@.idem_lookup(pg_catalog.text, pg_catalog.text)', $sql$
-CREATE FUNCTION @extschema@.idem_lookup(
-    key pg_catalog.text,
-    scope pg_catalog.text DEFAULT '',
-    OUT status pg_catalog.text,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT created_at pg_catalog.timestamptz,
-    OUT expires_at pg_catalog.timestamptz,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT attempts pg_catalog.int4,
-    OUT last_error pg_catalog.text)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_lookup'
-LANGUAGE C STABLE PARALLEL UNSAFE;
-$sql$),
-        (7, 'function', '@extschema@.idem_lease(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.interval)',
-            '@extschema@.idem_lease(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.interval, pg_catalog.int4)', $sql$
-CREATE FUNCTION @extschema@.idem_lease(
-    key pg_catalog.text,
-    request pg_catalog.jsonb DEFAULT NULL,
-    scope pg_catalog.text DEFAULT '',
-    ttl pg_catalog.interval DEFAULT '24 hours',
-    lease pg_catalog.interval DEFAULT '30 seconds',
-    max_attempts pg_catalog.int4 DEFAULT NULL,
-    OUT status pg_catalog.text,
-    OUT token pg_catalog.uuid,
-    OUT phase pg_catalog.text,
-    OUT state pg_catalog.jsonb,
-    OUT attempts pg_catalog.int4,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT last_error pg_catalog.text)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_lease'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
-$sql$),
-        (8, 'function', '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid)',
+        (3, 'function', '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid)',
             '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid, pg_catalog.jsonb, pg_catalog.bytea)', $sql$
 CREATE FUNCTION @extschema@.idem_finish(
     key pg_catalog.text,
@@ -243,7 +240,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'idem_finish'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 $sql$),
-        (9, 'view', NULL, '@extschema@.idem_stats', $sql$
+        (4, 'view', NULL, '@extschema@.idem_stats', $sql$
 CREATE VIEW @extschema@.idem_stats AS SELECT * FROM @extschema@.idem_stats();
 GRANT SELECT ON @extschema@.idem_stats TO pg_monitor;
 $sql$)

@@ -1,5 +1,7 @@
 --
--- retries: attempts that are not forever (issue #11 part 2).  idem_fail
+-- retries: attempts that are not forever (issue #11 part 2).  The _full
+-- variants of idem_begin, idem_lookup and idem_lease report the attempts
+-- and the last error; idem_lease_full takes the bound.  idem_fail
 -- records a failed attempt after its transaction rolled back; a lease that
 -- keeps running out counts its attempts itself.  At the caller's bound the
 -- key is dead: every later call answers so, with the attempts, the reason
@@ -19,27 +21,31 @@ SELECT idem_stats_reset();
 ------------------------------------------------------------------------
 -- attempt 1: the work fails, the transaction rolls back, the failure is recorded
 BEGIN;
-SELECT status FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
 ROLLBACK;
 SELECT idem_fail('req-1', 'insufficient funds: 22003', max_attempts => 3) AS state;
 SELECT state, attempts, max_attempts, last_error, fingerprint IS NULL AS no_request
 FROM idem_keys WHERE key = 'req-1';
 -- attempt 2 starts again (a failed key is not a result), and fails again
 BEGIN;
-SELECT status, attempts FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status, attempts FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
 ROLLBACK;
 SELECT idem_fail('req-1', 'insufficient funds: 22003') AS state;
-SELECT status, attempts, last_error FROM idem_lookup('req-1');
+SELECT status, attempts, last_error FROM idem_lookup_full('req-1');
 -- attempt 3 is the last the bound allows
 BEGIN;
-SELECT status FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
 ROLLBACK;
 SELECT idem_fail('req-1', 'insufficient funds: 22003 (3)') AS state;
 -- dead: every later call says so, whatever the request, and starts nothing
-SELECT status, response_code, attempts, last_error FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
-SELECT status, attempts FROM idem_begin('req-1', '{"amount": 6}'::jsonb);
-SELECT status, attempts, last_error FROM idem_lookup('req-1');
-SELECT status, token, attempts, last_error FROM idem_lease('req-1', '{"amount": 5}'::jsonb);
+SELECT status, response_code, attempts, last_error FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
+SELECT status, attempts FROM idem_begin_full('req-1', '{"amount": 6}'::jsonb);
+-- the functions of before 0.4.0 report it too, in the columns they have
+SELECT status, response_code FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status FROM idem_lookup('req-1');
+SELECT status, token, attempts FROM idem_lease('req-1', '{"amount": 5}'::jsonb);
+SELECT status, attempts, last_error FROM idem_lookup_full('req-1');
+SELECT status, token, attempts, last_error FROM idem_lease_full('req-1', '{"amount": 5}'::jsonb);
 SELECT idem_once('req-1') AS once, idem_once_batch(ARRAY['req-1']) AS batch;
 SELECT try($$SELECT idem_finish('req-1', 200)$$);
 -- failing a dead key changes nothing
@@ -49,10 +55,10 @@ SELECT attempts, last_error FROM idem_keys WHERE key = 'req-1';
 -- an attempt that succeeds after failures replaces the failed record
 SELECT idem_fail('req-2', 'timeout', max_attempts => 5) AS state;
 BEGIN;
-SELECT status FROM idem_begin('req-2', '{"n": 1}'::jsonb);
+SELECT status FROM idem_begin_full('req-2', '{"n": 1}'::jsonb);
 SELECT idem_finish('req-2', 201, '{"ok": true}');
 COMMIT;
-SELECT status, response_code, response_body, attempts, last_error FROM idem_begin('req-2', '{"n": 1}'::jsonb);
+SELECT status, response_code, response_body, attempts, last_error FROM idem_begin_full('req-2', '{"n": 1}'::jsonb);
 SELECT state, attempts, last_error, max_attempts FROM idem_keys WHERE key = 'req-2';
 SELECT try($$SELECT idem_fail('req-2', 'too late')$$);
 
@@ -82,25 +88,25 @@ SELECT idem_once('msg-1') AS once, idem_once_batch(ARRAY['msg-1', 'msg-3']) AS b
 ------------------------------------------------------------------------
 -- a lease whose holder keeps crashing: bounded by max_attempts
 ------------------------------------------------------------------------
-SELECT status, attempts FROM idem_lease('job-1', '{"n": 1}'::jsonb, lease => '1 microsecond', max_attempts => 2);
+SELECT status, attempts FROM idem_lease_full('job-1', '{"n": 1}'::jsonb, lease => '1 microsecond', max_attempts => 2);
 SELECT status AS s1, token AS t1, attempts AS a1
-FROM idem_lease('job-1', '{"n": 1}'::jsonb, lease => '1 microsecond') \gset
+FROM idem_lease_full('job-1', '{"n": 1}'::jsonb, lease => '1 microsecond') \gset
 SELECT :'s1' AS status, :'a1' AS attempts;
 SELECT idem_checkpoint('job-1', :'t1', 'charged', '{"charge": "ch_1"}'::jsonb, extend => '1 microsecond') IS NOT NULL AS checkpointed;
 -- the lease ran out on the last attempt: dead, with its recovery point
-SELECT status, token, phase, state, attempts, last_error FROM idem_lease('job-1', '{"n": 1}'::jsonb);
-SELECT status, phase, state, attempts FROM idem_lease('job-1', '{"n": 1}'::jsonb, max_attempts => 10);
-SELECT status, attempts, last_error FROM idem_begin('job-1', '{"n": 1}'::jsonb);
+SELECT status, token, phase, state, attempts, last_error FROM idem_lease_full('job-1', '{"n": 1}'::jsonb);
+SELECT status, phase, state, attempts FROM idem_lease_full('job-1', '{"n": 1}'::jsonb, max_attempts => 10);
+SELECT status, attempts, last_error FROM idem_begin_full('job-1', '{"n": 1}'::jsonb);
 SELECT try(format($$SELECT idem_finish('job-1', 200, token => %L)$$, :'t1'));
 
 -- a holder reports its failure with its token: the next lease takes over at once
-SELECT token AS t2 FROM idem_lease('job-2', '{}'::jsonb, lease => '1 hour', max_attempts => 2) \gset
+SELECT token AS t2 FROM idem_lease_full('job-2', '{}'::jsonb, lease => '1 hour', max_attempts => 2) \gset
 SELECT idem_fail('job-2', 'provider 503', token => :'t2') AS state;
 SELECT status AS s3, token AS t3, attempts AS a3
-FROM idem_lease('job-2', '{}'::jsonb) \gset
+FROM idem_lease_full('job-2', '{}'::jsonb) \gset
 SELECT :'s3' AS status, :'a3' AS attempts;
 SELECT idem_fail('job-2', 'provider 503 again', token => :'t3') AS state;
-SELECT status, attempts, last_error FROM idem_lease('job-2', '{}'::jsonb);
+SELECT status, attempts, last_error FROM idem_lease_full('job-2', '{}'::jsonb);
 -- a stale token cannot report a failure
 SELECT try(format($$SELECT idem_fail('job-2', 'late', token => %L)$$, :'t2'));
 
@@ -113,17 +119,17 @@ SELECT failed_keys, dead_keys FROM idem_storage;
 -- a dead request gets new attempts: failed again, and its next begin starts
 SELECT idem_retry('req-1') AS state;
 BEGIN;
-SELECT status FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
 SELECT idem_finish('req-1', 201, '{"paid": true}');
 COMMIT;
-SELECT status, response_body FROM idem_begin('req-1', '{"amount": 5}'::jsonb);
+SELECT status, response_body FROM idem_begin_full('req-1', '{"amount": 5}'::jsonb);
 -- a dead lease gets new attempts: the next lease resumes from the recovery point
 SELECT idem_retry('job-1') AS state;
-SELECT status, phase, state, attempts FROM idem_lease('job-1', '{"n": 1}'::jsonb);
+SELECT status, phase, state, attempts FROM idem_lease_full('job-1', '{"n": 1}'::jsonb);
 -- discard forgets a dead or failed key: the next begin is a new key's
 SELECT idem_discard('req-4') AS discarded, idem_discard('req-3') AS discarded_failed;
 BEGIN;
-SELECT status FROM idem_begin('req-4');
+SELECT status FROM idem_begin_full('req-4');
 SELECT idem_release('req-4');
 COMMIT;
 SELECT count(*) AS rows_left FROM idem_keys WHERE key IN ('req-3', 'req-4');
@@ -147,7 +153,7 @@ SELECT n, try(stmt) FROM (VALUES
   (11, $$SELECT idem_fail('req-2', 'e')$$),
   (12, $$SELECT idem_fail('job-1', 'e')$$),
   (13, $$SELECT idem_fail('x', 'e', token => gen_random_uuid())$$),
-  (14, $$SELECT status FROM idem_lease('y', max_attempts => 0)$$),
+  (14, $$SELECT status FROM idem_lease_full('y', max_attempts => 0)$$),
   (15, $$SELECT idem_retry('req-2')$$),
   (16, $$SELECT idem_retry('never-seen')$$),
   (17, $$SELECT idem_retry('req-5')$$),
@@ -159,7 +165,7 @@ SELECT n, try(stmt) FROM (VALUES
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
 BEGIN;
-SELECT status FROM idem_begin('open-1');
+SELECT status FROM idem_begin_full('open-1');
 SELECT try($$SELECT idem_fail('open-1', 'e')$$);
 SELECT idem_release('open-1');
 ROLLBACK;

@@ -306,9 +306,18 @@ SELECT status FROM idem_lease('after-update');
 ROLLBACK;}),
 			'started', 'leases work after the update');
 
-		# a restore creates the extension at 0.2.0 and replays the grants
+		# on to the default version (0.4.0 makes idem_finish again, with two
+		# more arguments): still locked down.  A restore creates the
+		# extension at the default version, so it is dumped from there.
+		$node->safe_psql($db, 'ALTER EXTENSION idempotency UPDATE');
+		my $locked_down_default = $locked_down;
+		my $finish_default = $node->safe_psql('fresh',
+			q{SELECT oid::regprocedure FROM pg_proc WHERE proname = 'idem_finish'});
+		$locked_down_default =~ s/idem_finish\([^)]*\)/$finish_default/;
+		is($node->safe_psql($db, $privileges), $locked_down_default,
+			"after the update to $default still locked down");
 		dump_and_restore($db, 'acl_restored');
-		is($node->safe_psql('acl_restored', $privileges), $locked_down,
+		is($node->safe_psql('acl_restored', $privileges), $locked_down_default,
 			'after pg_dump and a restore the functions are still locked down');
 		$node->safe_psql('postgres', qq{DROP DATABASE "$db"; DROP DATABASE acl_restored});
 	};
@@ -371,6 +380,82 @@ GRANT EXECUTE ON FUNCTION idem_sweep(int) TO regress_idem_ops;});
 		$node->safe_psql('postgres', qq{
 DROP DATABASE $db; DROP DATABASE acl_sweep_restored;
 DROP ROLE regress_idem_ops; DROP ROLE regress_idem_app});
+	};
+}
+
+# 0.4.0 makes idem_finish (two more arguments) and idem_stats (more
+# columns, and its view) again: what an installation granted or revoked on
+# them stays, through pg_dump and a restore too, and the functions 0.4.0
+# adds have a fresh install's privileges.  A role's view over idem_stats
+# makes the update fail and change nothing, rather than be dropped.
+if ($available{'0.3.1'} && $available{'0.4.0'})
+{
+	subtest 'update to 0.4.0 keeps the privileges of idem_finish and idem_stats' => sub {
+		my $acl = q{
+SELECT format('finish public=%s app=%s / stats fn mon=%s pg_monitor=%s / stats view mon=%s pg_monitor=%s / retry public=%s ops=%s / fail public=%s',
+              has_function_privilege('public', 'idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)', 'EXECUTE'),
+              has_function_privilege('regress_idem_mon', 'idem_stats()', 'EXECUTE'),
+              has_function_privilege('pg_monitor', 'idem_stats()', 'EXECUTE'),
+              has_table_privilege('regress_idem_mon', 'idem_stats', 'SELECT'),
+              has_table_privilege('pg_monitor', 'idem_stats', 'SELECT'),
+              has_function_privilege('public', 'idem_retry(text,text)', 'EXECUTE'),
+              has_function_privilege('regress_idem_ops', 'idem_retry(text,text)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_fail(text,text,text,int,interval,uuid)', 'EXECUTE'))};
+		my $want = 'finish public=f app=t / stats fn mon=t pg_monitor=t / stats view mon=t pg_monitor=t'
+		  . ' / retry public=f ops=t / fail public=t';
+		my $db = 'acl_0_4_0';
+		$node->safe_psql('postgres', qq{
+CREATE ROLE regress_idem_app; CREATE ROLE regress_idem_mon; CREATE ROLE regress_idem_ops;
+CREATE DATABASE $db});
+		$node->safe_psql($db, q{
+CREATE EXTENSION idempotency VERSION '0.3.1';
+REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid) TO regress_idem_app;
+GRANT EXECUTE ON FUNCTION idem_stats() TO regress_idem_mon;
+GRANT SELECT ON idem_stats TO regress_idem_mon;
+CREATE VIEW my_stats AS SELECT datname, started FROM idem_stats;});
+
+		# a view of the user's over idem_stats: the update refuses, changes nothing
+		my ($ret, $out, $err) = $node->psql($db, q{ALTER EXTENSION idempotency UPDATE TO '0.4.0'});
+		isnt($ret, 0, 'the update fails while a view depends on idem_stats');
+		like($err, qr/cannot drop view idem_stats because other objects depend on it/,
+			'and says which object is in the way');
+		is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
+			'0.3.1', 'the extension is still at 0.3.1');
+		is($node->safe_psql($db, q{SELECT to_regclass('my_stats') IS NOT NULL}), 't', 'the view is still there');
+
+		$node->safe_psql($db, q{
+DROP VIEW my_stats;
+ALTER EXTENSION idempotency UPDATE TO '0.4.0';
+GRANT EXECUTE ON FUNCTION idem_retry(text, text) TO regress_idem_ops;});
+		is($node->safe_psql($db, $acl), $want, 'after the update the grants and revokes stay');
+		is( $node->safe_psql(
+				$db, q{
+SELECT string_agg(pg_describe_object(classoid, objoid, objsubid) || ' ' || initprivs::text, ' / '
+                  ORDER BY pg_describe_object(classoid, objoid, objsubid))
+FROM pg_init_privs
+WHERE objoid IN ('idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)'::regprocedure,
+                 'idem_stats()'::regprocedure, 'idem_stats'::regclass)}),
+			$node->safe_psql(
+				'fresh', q{
+SELECT string_agg(pg_describe_object(classoid, objoid, objsubid) || ' ' || initprivs::text, ' / '
+                  ORDER BY pg_describe_object(classoid, objoid, objsubid))
+FROM pg_init_privs
+WHERE objoid IN ('idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)'::regprocedure,
+                 'idem_stats()'::regprocedure, 'idem_stats'::regclass)}),
+			'their initial privileges are a fresh install\'s');
+		my ($r2, $o2, $e2) = $node->psql($db, q{
+SET ROLE regress_idem_app;
+BEGIN; SELECT status FROM idem_begin('k'); SELECT idem_finish('k', 200); COMMIT;
+SET ROLE regress_idem_mon; SELECT finishes FROM idem_stats WHERE datname = current_database();});
+		is($r2, 0, 'the granted roles call the new functions') or diag $e2;
+
+		dump_and_restore($db, 'acl_0_4_0_restored');
+		is($node->safe_psql('acl_0_4_0_restored', $acl), $want, 'after pg_dump and a restore too');
+		$node->safe_psql('postgres', qq{
+DROP DATABASE $db; DROP DATABASE acl_0_4_0_restored;
+DROP ROLE regress_idem_app; DROP ROLE regress_idem_mon; DROP ROLE regress_idem_ops});
 	};
 }
 
