@@ -248,8 +248,8 @@ $sql$)
         ORDER BY ord
     LOOP
         kind := o.kind;
-        catalog := CASE kind WHEN 'view' THEN 'pg_catalog.pg_class'::pg_catalog.regclass
-                             ELSE 'pg_catalog.pg_proc'::pg_catalog.regclass END;
+        catalog := CASE WHEN kind OPERATOR(pg_catalog.=) 'view' THEN 'pg_catalog.pg_class'::pg_catalog.regclass
+                        ELSE 'pg_catalog.pg_proc'::pg_catalog.regclass END;
 
         -- the old object: remember its privileges (the view's are kept
         -- until it is made again, as the last step), and drop it
@@ -258,11 +258,11 @@ $sql$)
                 SELECT c.relacl INTO old_acl FROM pg_catalog.pg_class c
                  WHERE c.oid OPERATOR(pg_catalog.=) o.old_name::pg_catalog.regclass;
                 view_acl := old_acl;
-                EXECUTE 'DROP VIEW ' || o.old_name;
+                EXECUTE pg_catalog.format('DROP VIEW %s', o.old_name);
             ELSE
                 SELECT p.proacl INTO old_acl FROM pg_catalog.pg_proc p
                  WHERE p.oid OPERATOR(pg_catalog.=) o.old_name::pg_catalog.regprocedure;
-                EXECUTE 'DROP FUNCTION ' || o.old_name;
+                EXECUTE pg_catalog.format('DROP FUNCTION %s', o.old_name);
             END IF;
         END IF;
         IF o.create_sql IS NULL THEN
@@ -296,7 +296,7 @@ $sql$)
                       WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
             LOOP
                 EXECUTE pg_catalog.format('REVOKE %s ON %s %s FROM %s', g.privilege_type,
-                    CASE kind WHEN 'view' THEN 'TABLE' ELSE 'FUNCTION' END, o.new_name,
+                    CASE WHEN kind OPERATOR(pg_catalog.=) 'view' THEN 'TABLE' ELSE 'FUNCTION' END, o.new_name,
                     CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                          ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
             END LOOP;
@@ -304,7 +304,7 @@ $sql$)
                       WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
             LOOP
                 EXECUTE pg_catalog.format('GRANT %s ON %s %s TO %s%s', g.privilege_type,
-                    CASE kind WHEN 'view' THEN 'TABLE' ELSE 'FUNCTION' END, o.new_name,
+                    CASE WHEN kind OPERATOR(pg_catalog.=) 'view' THEN 'TABLE' ELSE 'FUNCTION' END, o.new_name,
                     CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                          ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
                     CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
@@ -369,7 +369,7 @@ REVOKE ALL ON FUNCTION @extschema@.idem_retry(pg_catalog.text, pg_catalog.text),
 -- keys for monitoring).
 CREATE VIEW @extschema@.idem_failed_keys AS
     SELECT k.scope, k.key,
-           CASE k.state WHEN 'd' THEN 'dead' ELSE 'failed' END AS status,
+           CASE WHEN k.state OPERATOR(pg_catalog.=) 'd' THEN 'dead' ELSE 'failed' END AS status,
            k.attempts, k.max_attempts, k.last_error, k.phase, k.phase_state,
            k.lease_duration IS NOT NULL AS lease,
            k.created_at, k.expires_at

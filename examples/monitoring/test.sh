@@ -58,9 +58,14 @@ sql -c "BEGIN; SELECT status FROM idem_begin('m1', '{\"n\": 1}');
     -c "SELECT status FROM idem_lease('m2', lease => '1 hour')" \
     -c "SELECT status FROM idem_lease('m2')" \
     -c "SELECT status FROM idem_lease('m3', lease => '1 millisecond')" \
+    -c "SELECT idem_once('m4'), idem_keep('m4')" \
+    -c "SELECT idem_once('m5'), idem_erase('m5')" \
+    -c "SELECT idem_fail('m7', 'bad payload', max_attempts => 1)" \
+    -c "SELECT status FROM idem_begin('m5')" \
+    -c "SET idempotency.track_timing = on; SELECT idem_once('m6'); SELECT idem_once('m6')" \
     -c "SELECT pg_sleep(0.1)" >"$tmp/calls"
-check "calls returned started, replay, mismatch, started, in_progress, started" \
-    test "$(grep . "$tmp/calls" | tr '\n' ' ')" = "started replay mismatch started in_progress started "
+check "calls returned started, replay, mismatch, started, in_progress, started, kept, erased, dead" \
+    test "$(grep . "$tmp/calls" | tr '\n' ' ')" = "started replay mismatch started in_progress started t|completed t|t dead erased t f "
 # a token that does not hold m2's lease: refused, counted in stale_tokens
 if sql -c "SELECT idem_release('m2', token => gen_random_uuid())" 2>"$tmp/stale.err"; then
     check "a release with a foreign token is refused" false
@@ -202,7 +207,7 @@ value() { awk -v m="$1" -v d="$db" '$1 == m && $2 == d { print $3 }' "$tmp/metri
 expect() {  # expect METRIC VALUE
     check "$1 = $2" test "$(value "$1")" = "$2"
 }
-expect idem_stats_started 3
+expect idem_stats_started 3  # m4..m6 are messages, counted in once_true
 expect idem_stats_replay 1
 expect idem_stats_mismatch 1
 expect idem_stats_in_progress 1
@@ -213,6 +218,17 @@ expect idem_storage_leased_keys 2
 expect idem_storage_leases_expired 1
 expect idem_storage_expired_keys 0
 expect idem_storage_expired_keys_capped 0
+expect idem_stats_kept 1
+expect idem_stats_erased 1
+expect idem_stats_erased_replies 1
+expect idem_stats_timed_calls 2
+expect idem_stats_key_waits 0
+expect idem_storage_permanent_keys 1
+expect idem_stats_failures 1
+expect idem_stats_dead 1
+expect idem_storage_dead_keys 1
+expect idem_storage_failed_keys 0
+check "idem_stats_call_seconds > 0" awk -v v="$(value idem_stats_call_seconds)" 'BEGIN { exit !(v > 0 && v < 10) }'
 check "idem_storage_table_bytes > 0" test "$(value idem_storage_table_bytes)" -gt 0
 if [ "$sweeper_rows" = 1 ]; then
     expect idem_sweeper_status_last_error 0

@@ -4,4 +4,6 @@
 # call the system interpreter rather than whatever python3 is first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")"
-exec timeout 60 /usr/bin/python3 -B test_consumer.py "$@"
+timeout 60 /usr/bin/python3 -B test_consumer.py "$@"
+# the same deliveries, consumed in batches through idem_once_batch
+exec timeout 60 /usr/bin/python3 -B test_consumer.py "$@" --batch

@@ -6,6 +6,10 @@ deliveries "crash" after applying the effect but before COMMIT (half by raising,
 half by dropping the connection) and are redelivered later.  Afterwards: exactly
 one ledger row per message, the right balances, and a redelivery of everything
 changes nothing.
+
+With --batch the consumers take up to BATCH deliveries at a time and hand them
+to handle_batch() (idem_once_batch): batches overlap across threads, hold
+copies of the same message, and a crash rolls back and redelivers a whole batch.
 """
 
 import collections
@@ -17,9 +21,10 @@ import time
 
 import psycopg
 
-from consumer import SCOPE, Message, handle
+from consumer import SCOPE, Message, handle, handle_batch
 
-MESSAGES, ACCOUNTS, THREADS = 500, 10, 4
+MESSAGES, ACCOUNTS, THREADS, BATCH = 500, 10, 4, 20
+BATCHED = "--batch" in sys.argv
 DEADLINE = time.monotonic() + 25  # seconds; every wait below is bounded by it
 CONNECT = dict(autocommit=True, options="-c statement_timeout=10s -c lock_timeout=10s")
 
@@ -81,19 +86,35 @@ def consume(q, results, errors):
             if item is None:
                 q.task_done()
                 return
-            msg, mode = item
+            batch = [item]
+            while BATCHED and len(batch) < BATCH:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    q.put(None)  # for another thread (or this one, next time round)
+                    q.task_done()
+                    break
+                batch.append(nxt)
+            mode = next((m for _, m in batch if m), None)
             try:
-                applied = handle(conn, msg, crash(mode) if mode else None)
-                results.append((msg.id, applied))
+                if BATCHED:
+                    applied = handle_batch(conn, [m for m, _ in batch], crash(mode) if mode else None)
+                else:
+                    applied = [handle(conn, batch[0][0], crash(mode) if mode else None)]
+                results.extend((m.id, a) for (m, _), a in zip(batch, applied))
             except SimulatedCrash:
-                results.append((msg.id, "crash"))
-                q.put((msg, None))  # the broker redelivers what was not acked
+                for m, _ in batch:
+                    results.append((m.id, "crash"))
+                    q.put((m, None))  # the broker redelivers what was not acked
                 if conn.closed:
                     conn = psycopg.connect(**CONNECT)
             except Exception as e:  # noqa: BLE001 - report anything else as a failure
-                errors.append(f"{msg.id}: {e!r}")
+                errors.append(f"{[m.id for m, _ in batch]}: {e!r}")
             finally:
-                q.task_done()
+                for _ in batch:
+                    q.task_done()
     finally:
         conn.close()
 
@@ -112,7 +133,9 @@ def watch_waits(stop, seen):
 
 
 def main():
-    rng = random.Random(int(sys.argv[1]) if len(sys.argv) > 1 else 4)
+    args = [a for a in sys.argv[1:] if a != "--batch"]
+    rng = random.Random(int(args[0]) if args else 4)
+    print(f"mode: {'batches of up to %d through idem_once_batch' % BATCH if BATCHED else 'one message at a time through idem_once'}")
     messages = [
         Message(f"msg-{i:04d}", rng.randrange(ACCOUNTS), rng.randint(1, 1000))
         for i in range(MESSAGES)
@@ -192,7 +215,7 @@ def main():
         ).fetchone()[0]
         check("idem_lookup shows every message id completed", completed == MESSAGES, completed)
 
-        again = [handle(conn, m) for m in messages]
+        again = handle_batch(conn, messages) if BATCHED else [handle(conn, m) for m in messages]
         check("a late redelivery of everything is a no-op", not any(again))
         after = dict(conn.execute("SELECT id, balance FROM accounts").fetchall())
         check("balances unchanged after the late redelivery", after == balances)

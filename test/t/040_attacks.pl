@@ -432,14 +432,15 @@ COMMIT;}),
 	su_psql('victim', q{ALTER SYSTEM SET idempotency.sweeper = on; SELECT pg_reload_conf()});
 };
 
-subtest 'an index squatted under a later version\'s name is not opened as the extension\'s' => sub {
+subtest 'indexes squatted under later versions\' names are not opened as the extension\'s' => sub {
 	$node->safe_psql('postgres', 'CREATE DATABASE old; CREATE ROLE regress_squatter');
 	$node->safe_psql('old', q{
 CREATE EXTENSION idempotency VERSION '0.1.0';
 GRANT CREATE ON SCHEMA public TO regress_squatter;
 SET ROLE regress_squatter;
 CREATE TABLE public.t (x timestamptz);
-CREATE INDEX idem_keys_leases ON public.t (x);});
+CREATE INDEX idem_keys_leases ON public.t (x);
+CREATE INDEX idem_keys_failures ON public.t (x);});
 	ok(swept_soon('old', 'o-'), 'a 0.1.0 database with a squatted idem_keys_leases is swept');
 	is(su_psql('old', q{SELECT last_error IS NULL FROM idem_sweeper_status WHERE datname = 'old'}),
 		't', 'without error');
@@ -448,6 +449,28 @@ CREATE INDEX idem_keys_leases ON public.t (x);});
 	my ($ret, $out, $err) = $node->psql('old', 'ALTER EXTENSION idempotency UPDATE');
 	like($err, qr/relation "idem_keys_leases" already exists/,
 		'the update refuses to run over the squatter (drop it first)');
+};
+
+# The install and update scripts run as a superuser in the extension's
+# schema: a database owner who planted operators and functions there (on
+# every type the scripts compare, and named like the catalog functions they
+# call) gets none of them run, through every update to the newest, 0.4.0's
+# re-creation of functions and privileges included.
+subtest 'the install and update scripts run nothing a database owner planted in the extension\'s schema' => sub {
+	$node->safe_psql('postgres', 'CREATE DATABASE trapped OWNER regress_attacker');
+	(my $trap = $TRAP) =~ s/^CREATE TABLE s\.(idem_keys|pg_extension|pg_database) .*\n//mg;
+	$node->safe_psql('trapped', "SET ROLE regress_attacker;\n$trap");
+	su_psql('trapped', q{
+CREATE EXTENSION idempotency VERSION '0.1.0' SCHEMA s;
+ALTER EXTENSION idempotency UPDATE;});
+	is(su_psql('trapped', q{SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'idempotency'}),
+		su_psql('postgres', q{SELECT default_version FROM pg_available_extensions WHERE name = 'idempotency'}),
+		'updated to the default version');
+	is(su_psql('trapped', 'SELECT count(*) FROM public.pwned'), '0',
+		'no planted object ran during the install and the updates');
+	is(su_psql('trapped', q{SELECT s.idem_once_batch(ARRAY['a', 'b'])::text}), '{a,b}',
+		'the functions work there');
+	is(su_psql('trapped', 'SELECT count(*) FROM public.pwned'), '0', 'and run nothing planted either');
 };
 
 attacker_unchanged('at the end');

@@ -3,14 +3,15 @@
 // kept by the idempotency extension in the same transaction as the payment.
 //
 //   POST /payments        {"amount": <int>, "to": "<account>"}   Idempotency-Key required
-//   GET  /payments/:key   what the service recorded for that key  (idem_lookup)
+//   GET  /payments/:key   what the service recorded for that key  (idem_lookup_full)
 //
 // One POST is one transaction:
 //
 //   BEGIN
-//   idem_begin(key, body::jsonb, scope, wait => false)
-//     started     -> INSERT the payment, idem_finish(key, 201, response), COMMIT, 201
-//     replay      -> the stored status and body, Idempotent-Replayed: true
+//   idem_begin_full(key, body::jsonb, scope, wait => false)
+//     started     -> INSERT the payment, idem_finish(key, 201, headers, bytes), COMMIT, 201
+//     replay      -> the stored status, headers (Location, Content-Type) and the
+//                    body's exact bytes, Idempotent-Replayed: true
 //     mismatch    -> 422 (the key was used for another request)
 //     in_progress -> 409 + Retry-After (another attempt holds the key right now)
 //
@@ -158,7 +159,8 @@ async function createPayment(pool, req) {
     // wait => false: a concurrent attempt with the same key gets `in_progress`
     // at once (-> 409) instead of holding a pooled connection while it waits.
     const { rows: [begun] } = await client.query(
-      'SELECT status, response_code, response_body FROM idem_begin($1, $2::jsonb, scope => $3, wait => false)',
+      `SELECT status, response_code, response_body, response_headers, response_bytes
+         FROM idem_begin_full($1, $2::jsonb, scope => $3, wait => false)`,
       [key, body.text, scope],
     );
     switch (begun.status) {
@@ -170,19 +172,26 @@ async function createPayment(pool, req) {
                                         'status', 'paid', 'created_at', created_at) AS response`,
           [scope, key, payment.amount, payment.to],
         );
-        // Respond with the jsonb as PostgreSQL returned it, so that the first
-        // response and every replay are the same bytes.
-        await client.query('SELECT idem_finish($1, 201, $2::jsonb, scope => $3)', [
-          key, JSON.stringify(row.response), scope,
-        ]);
-        return { status: 201, body: row.response, headers: { Location: `/payments/${encodeURIComponent(key)}` } };
+        // The whole response is stored: the headers a retry needs and the
+        // body's bytes, so that every replay is the first response exactly.
+        const raw = Buffer.from(JSON.stringify(row.response));
+        const headers = { 'Content-Type': 'application/json', Location: `/payments/${encodeURIComponent(key)}` };
+        await client.query(
+          'SELECT idem_finish($1, 201, scope => $2, response_headers => $3::jsonb, response_bytes => $4::bytea)',
+          [key, scope, JSON.stringify(headers), raw],
+        );
+        return { status: 201, raw, headers };
       }
       case 'replay':
-        return {
-          status: begun.response_code,
-          body: begun.response_body,
-          headers: { 'Idempotent-Replayed': 'true', Location: `/payments/${encodeURIComponent(key)}` },
-        };
+        if (begun.response_bytes !== null) {
+          return {
+            status: begun.response_code,
+            raw: begun.response_bytes,
+            headers: { ...begun.response_headers, 'Idempotent-Replayed': 'true' },
+          };
+        }
+        // a record finished with a jsonb body only (by other code)
+        return { status: begun.response_code, body: begun.response_body, headers: { 'Idempotent-Replayed': 'true' } };
       case 'mismatch':
         throw new HttpError(422, 'Idempotency-Key reused', 'This key was already used for a different request.');
       case 'in_progress':
@@ -199,7 +208,8 @@ async function lookupPayment(pool, req, key) {
   const scope = scopeFor(req);
   if (key.length === 0 || key.length > 255) throw new HttpError(404, 'Not found');
   const { rows: [found] } = await pool.query(
-    'SELECT status, response_code, response_body, created_at, expires_at FROM idem_lookup($1, scope => $2)',
+    `SELECT status, response_code, response_body, response_bytes, created_at, expires_at
+       FROM idem_lookup_full($1, scope => $2)`,
     [key, scope],
   );
   if (found.status === 'absent') throw new HttpError(404, 'Not found', 'No request with this key (or it expired).');
@@ -209,7 +219,8 @@ async function lookupPayment(pool, req, key) {
     body: {
       status: 'completed',
       response_code: found.response_code,
-      response_body: found.response_body,
+      // this service stores its JSON responses as bytes (see createPayment)
+      response_body: found.response_bytes !== null ? JSON.parse(found.response_bytes.toString('utf8')) : found.response_body,
       created_at: found.created_at,
       expires_at: found.expires_at,
     },
@@ -220,6 +231,12 @@ function send(res, status, body, headers = {}, type = 'application/json') {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(text), ...headers });
   res.end(text);
+}
+
+// A stored response, as it was: its headers and the exact bytes of its body.
+function sendRaw(res, status, raw, headers) {
+  res.writeHead(status, { ...headers, 'Content-Length': raw.length });
+  res.end(raw);
 }
 
 // An http.Server for the API; the caller owns the pool and calls listen().
@@ -243,7 +260,8 @@ export function createApp({ pool, log = console }) {
       } else {
         throw new HttpError(404, 'Not found');
       }
-      send(res, result.status, result.body, result.headers);
+      if (result.raw) sendRaw(res, result.status, result.raw, result.headers);
+      else send(res, result.status, result.body, result.headers);
     } catch (err) {
       if (err instanceof HttpError) {
         // RFC 9457 problem details, as the draft suggests for these errors.

@@ -135,6 +135,9 @@ test('clients retrying through a lossy proxy get exactly one payment per key', {
     for (const r of got) {
       assert.equal(r.status, 201, `key ${key}: every client got a 201 (${r.status}: ${r.text})`);
       assert.equal(r.text, got[0].text, `key ${key}: every client got the same body`);
+      // the headers the first response had, replayed from the key's record
+      assert.equal(r.headers.get('location'), `/payments/${encodeURIComponent(key)}`, `key ${key}: Location`);
+      assert.equal(r.headers.get('content-type'), 'application/json', `key ${key}: Content-Type`);
       if (r.headers.get('idempotent-replayed') === 'true') replayed++;
     }
     const response = JSON.parse(got[0].text);
@@ -215,7 +218,20 @@ test('the same key with a different body gets 422', async () => {
   assert.equal(again.status, 201);
   assert.equal(again.headers.get('idempotent-replayed'), 'true');
   assert.equal(again.text, first.text);
+  assert.equal(again.headers.get('location'), first.headers.get('location'));
+  assert.equal(again.headers.get('content-type'), first.headers.get('content-type'));
   assert.equal((await paymentRows(`payments:${account}`, key)).length, 1);
+
+  // what the key's record holds: the status, the two headers, the body's bytes
+  const { rows: [stored] } = await pool.query(
+    `SELECT response_code, response_headers, convert_from(response_bytes, 'UTF8') AS text, response_body
+       FROM idem_lookup($1, $2)`, [key, `payments:${account}`]);
+  assert.deepEqual(stored, {
+    response_code: 201,
+    response_headers: { 'Content-Type': 'application/json', Location: `/payments/${key}` },
+    text: first.text,
+    response_body: null,
+  });
 });
 
 test('a request whose key another transaction holds gets 409, then the real outcome', async () => {

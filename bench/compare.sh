@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Before and after, in one run: the write path (idem_begin, INSERT,
+# idem_finish with a jsonb body) and the replay path (idem_begin of a
+# completed key, jsonb body returned) of the extension as built from REV
+# against the working tree, each on a cluster of its own, run alternately.
+#
+#   bench/compare.sh REV      e.g. bench/compare.sh HEAD~3
+#
+# A cluster can load one idempotency library only, so each side gets a
+# private copy of the server's installation (bin, lib, share, as
+# PostgreSQL finds them relative to its binary) with its own build of the
+# extension installed into it (make install DESTDIR=...).  The two servers
+# are the same binaries with the same settings; only the extension differs.
+# Each round runs both scenarios on both sides, the sides in an order that
+# alternates per round; the result per scenario is the median of the
+# per-round after/before ratios with a distribution-free 95% interval
+# (order statistics, as bench/overhead.sh).  synchronous_commit = off and
+# autovacuum off, so that the CPU a call costs is what is compared, not the
+# WAL flush or a vacuum starting mid-run.
+#
+# Run as root or postgres.  Settings (environment):
+#   DURATION  seconds per pgbench run   (default 5)
+#   ROUNDS    rounds                    (default 15)
+#   CLIENTS   pgbench -c and -j         (default 2)
+#   NKEYS     completed keys to replay  (default 10000)
+#   PG_CONFIG, KEEP=1, RESULTS_DIR      as for bench/run.sh
+set -euo pipefail
+
+REV=${1:?usage: bench/compare.sh REV}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-15}
+CLIENTS=${CLIENTS:-2}
+NKEYS=${NKEYS:-10000}
+KEEP=${KEEP:-0}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+for v in DURATION ROUNDS CLIENTS NKEYS; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: $v must be a positive integer" >&2; exit 2; }
+done
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+REV_SHA=$(git -C "$REPO" rev-parse --verify "$REV^{commit}") || { echo "compare.sh: unknown revision $REV" >&2; exit 2; }
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+if [[ $EUID -eq 0 ]]; then AS_PG=(runuser -u postgres --); elif [[ $(id -un) == postgres ]]; then AS_PG=(); else
+	echo "compare.sh: run as root or as postgres" >&2; exit 2
+fi
+BINDIR=$("$PG_CONFIG" --bindir)
+PGLIB=$(cd "$BINDIR/.." && pwd)          # .../lib/postgresql/NN
+SHAREDIR=$("$PG_CONFIG" --sharedir)
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
+RESULTS=$RESULTS_DIR/compare-$(date +%Y%m%d-%H%M%S).csv
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/idem-compare.XXXXXX")
+chmod 755 "$WORK"
+STARTED=()
+cleanup() {
+	local rc=$? side
+	set +e
+	for side in "${STARTED[@]}"; do
+		"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/pg_ctl" -D "$WORK/data-$side" -m fast -w stop >/dev/null 2>&1
+	done
+	if [[ $KEEP == 1 ]]; then echo "KEEP=1: left in $WORK"; else rm -rf "$WORK"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# One side: a copy of the server's installation with the extension built
+# from a source tree installed into it.
+make_side() {	# side srcdir
+	local side=$1 src=$2 root=$WORK/$1
+	mkdir -p "$root$PGLIB" "$root$SHAREDIR"
+	cp -a "$PGLIB/." "$root$PGLIB/"
+	cp -a "$SHAREDIR/." "$root$SHAREDIR/"
+	rm -f "$root$PGLIB/lib/idempotency.so" "$root$SHAREDIR"/extension/idempotency*
+	make -s -C "$src" PG_CONFIG="$PG_CONFIG" clean >/dev/null
+	make -s -C "$src" PG_CONFIG="$PG_CONFIG" >/dev/null
+	make -s -C "$src" PG_CONFIG="$PG_CONFIG" install DESTDIR="$root" >/dev/null
+	log "$side: $(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$root$SHAREDIR/extension/idempotency.control") from $3"
+}
+
+mkdir -p "$WORK/src-before" "$WORK/src-after"
+git -C "$REPO" archive "$REV_SHA" | tar -x -C "$WORK/src-before"
+# the working tree as it is, committed or not
+(cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -T - -c) | tar -x -C "$WORK/src-after"
+make_side before "$WORK/src-before" "$REV ($(git -C "$REPO" rev-parse --short "$REV_SHA"))"
+make_side after "$WORK/src-after" "the working tree"
+cp -r "$BENCH_DIR/scenarios" "$BENCH_DIR/setup.sql" "$WORK/"
+chown -R postgres: "$WORK" 2>/dev/null || true
+
+declare -A PORT
+port=$((20000 + RANDOM % 30000))
+for side in before after; do
+	PORT[$side]=$port
+	port=$((port + 1))
+	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/initdb" -D "$WORK/data-$side" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+	cat >>"$WORK/data-$side/postgresql.conf" <<EOF
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+port = ${PORT[$side]}
+shared_preload_libraries = 'idempotency'
+idempotency.sweeper = off
+shared_buffers = 256MB
+synchronous_commit = off
+autovacuum = off
+checkpoint_timeout = 1h
+max_wal_size = 4GB
+EOF
+	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/pg_ctl" -D "$WORK/data-$side" -l "$WORK/server-$side.log" -w start >/dev/null
+	STARTED+=("$side")
+	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/createdb" -h "$WORK" -p "${PORT[$side]}" -U postgres bench
+	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -q -v ON_ERROR_STOP=1 -v nkeys="$NKEYS" \
+		-h "$WORK" -p "${PORT[$side]}" -U postgres -d bench -f "$WORK/setup.sql" >/dev/null
+	log "$side: $("${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -At -h "$WORK" -p "${PORT[$side]}" -U postgres -d bench \
+		-c "SELECT 'extension ' || extversion || ', library ' || (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') FROM pg_extension WHERE extname = 'idempotency'")"
+done
+log "pgbench -M prepared -n -T $DURATION -c $CLIENTS -j $CLIENTS; $ROUNDS rounds x 2 scenarios x before/after; synchronous_commit=off"
+
+mkdir -p "$RESULTS_DIR"
+echo "round,scenario,side,tps,txns" >"$RESULTS"
+run_one() {	# round scenario side
+	local out tps txns p=${PORT[$3]} bin=$WORK/$3$PGLIB/bin
+	"${AS_PG[@]}" "$bin/psql" -X -q -h "$WORK" -p "$p" -U postgres -d bench -c "VACUUM (ANALYZE) idem_keys, payments" -c CHECKPOINT >/dev/null
+	out=$("${AS_PG[@]}" "$bin/pgbench" -h "$WORK" -p "$p" -U postgres -n -M prepared -T "$DURATION" \
+		-c "$CLIENTS" -j "$CLIENTS" -D tag="r$1$3" -D nkeys="$NKEYS" -f "$WORK/scenarios/$2.sql" bench 2>&1) ||
+		{ echo "$out" >&2; exit 1; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
+	txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+	printf '  %-10s %-6s tps=%9.1f\n' "$2" "$3" "$tps"
+	echo "$1,$2,$3,$tps,$txns" >>"$RESULTS"
+}
+for ((round = 1; round <= ROUNDS; round++)); do
+	log "round $round/$ROUNDS"
+	if ((round % 2)); then order=(before after); else order=(after before); fi
+	for scen in ext_write ext_replay; do
+		for side in "${order[@]}"; do run_one "$round" "$scen" "$side"; done
+	done
+done
+
+echo
+echo "after/before ($REV): median of the per-round tps ratios, 95% interval (order statistics)"
+awk -F, '
+NR > 1 { t[$2, $3, $1] = $4; scen[$2] = 1; rounds[$1] = 1 }
+END {
+	for (s in scen) {
+		n = 0
+		for (r in rounds)
+			if ((s, "after", r) in t && (s, "before", r) in t && t[s, "before", r] > 0)
+				q[++n] = t[s, "after", r] / t[s, "before", r]
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (q[j] < q[i]) { x = q[i]; q[i] = q[j]; q[j] = x }
+		med = n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
+		k = int((n - 1.96 * sqrt(n)) / 2); if (k < 1) k = 1
+		printf "  %-10s n=%-3d median %.4f  95%% [%.4f, %.4f]\n", s, n, med, q[k], q[n - k + 1]
+		delete q
+	}
+}' "$RESULTS" | sort
+echo "results: $RESULTS"
