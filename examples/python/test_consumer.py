@@ -137,7 +137,8 @@ def main():
     rng = random.Random(int(args[0]) if args else 4)
     print(f"mode: {'batches of up to %d through idem_once_batch' % BATCH if BATCHED else 'one message at a time through idem_once'}")
     messages = [
-        Message(f"msg-{i:04d}", rng.randrange(ACCOUNTS), rng.randint(1, 1000))
+        # ids of their own per mode: both runs share the database and the scope
+        Message(f"{'batch' if BATCHED else 'msg'}-{i:04d}", rng.randrange(ACCOUNTS), rng.randint(1, 1000))
         for i in range(MESSAGES)
     ]
     with psycopg.connect(**CONNECT) as conn:

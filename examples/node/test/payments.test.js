@@ -225,7 +225,7 @@ test('the same key with a different body gets 422', async () => {
   // what the key's record holds: the status, the two headers, the body's bytes
   const { rows: [stored] } = await pool.query(
     `SELECT response_code, response_headers, convert_from(response_bytes, 'UTF8') AS text, response_body
-       FROM idem_lookup($1, $2)`, [key, `payments:${account}`]);
+       FROM idem_lookup_full($1, $2)`, [key, `payments:${account}`]);
   assert.deepEqual(stored, {
     response_code: 201,
     response_headers: { 'Content-Type': 'application/json', Location: `/payments/${key}` },
