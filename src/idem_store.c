@@ -235,10 +235,10 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
 	store->pkey = index_open(oids->pkey, lockmode);
 	store->expiry = for_insert ? index_open(oids->expiry, lockmode) : NULL;
-	store->leases = (for_insert && OidIsValid(oids->leases)) ?
-		index_open(oids->leases, lockmode) : NULL;
-	store->failures = (for_insert && OidIsValid(oids->failures)) ?
-		index_open(oids->failures, lockmode) : NULL;
+	/* the partial indexes are opened by the first write that needs them */
+	store->leases = NULL;
+	store->failures = NULL;
+	store->oids = oids;
 	store->slot = table_slot_create(store->heap, NULL);
 	store->cxt = CurrentMemoryContext;
 	store->pkey_info = NULL;
@@ -590,6 +590,28 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 }
 
 /*
+ * Open one of the partial indexes (leased keys, failed and dead keys) the
+ * first time a record in its state is written through the store: most
+ * writes are completed keys, which need neither.  The table's lock is held,
+ * so taking the index's after it is the order the executor's inserts use.
+ */
+static void
+OpenPartialIndex(IdemStore *store, Oid indexid, Relation *index, IndexInfo **info)
+{
+	MemoryContext old;
+
+	if (*index != NULL)
+		return;
+	if (!OidIsValid(indexid))
+		elog(ERROR, "index for this record's state of relation \"%s\" does not exist",
+			 RelationGetRelationName(store->heap));
+	old = MemoryContextSwitchTo(store->cxt);
+	*index = index_open(indexid, RowExclusiveLock);
+	*info = BuildIndexInfo(*index);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Insert the index entries of a new tuple version.  The primary key is
  * checked for uniqueness as any insert or update would be: callers hold the
  * key's lock, so a violation here means a bug, and the error is
@@ -610,10 +632,6 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 
 		store->pkey_info = BuildIndexInfo(store->pkey);
 		store->expiry_info = BuildIndexInfo(store->expiry);
-		if (store->leases != NULL)
-			store->leases_info = BuildIndexInfo(store->leases);
-		if (store->failures != NULL)
-			store->failures_info = BuildIndexInfo(store->failures);
 		MemoryContextSwitchTo(old);
 	}
 
@@ -628,6 +646,7 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 
 	if (rec->state == IDEM_STATE_LEASED)
 	{
+		OpenPartialIndex(store, store->oids->leases, &store->leases, &store->leases_info);
 		values[0] = TimestampTzGetDatum(rec->lease_expires_at);
 		index_insert(store->leases, values, nulls, tid, store->heap,
 					 UNIQUE_CHECK_NO, false, store->leases_info);
@@ -636,7 +655,7 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 	/* failed and dead keys, for the operator's list (WHERE state IN ('f', 'd')) */
 	if (IDEM_STATE_IS_FAILURE(rec->state))
 	{
-		Assert(store->failures != NULL);
+		OpenPartialIndex(store, store->oids->failures, &store->failures, &store->failures_info);
 		values[0] = PointerGetDatum(key->scope);
 		values[1] = PointerGetDatum(key->key);
 		index_insert(store->failures, values, nulls, tid, store->heap,
@@ -651,7 +670,6 @@ IdemStoreInsert(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	HeapTuple	tuple;
 
 	Assert(store->expiry != NULL);
-	Assert(rec->state != IDEM_STATE_LEASED || store->leases != NULL);
 
 	tuple = FormRecordTuple(store, key, rec);
 	heap_insert(store->heap, tuple, GetCurrentCommandId(true), 0, NULL);
@@ -678,7 +696,7 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	TM_Result	result;
 	ItemPointerData otid = rec->tid;
 
-	Assert(store->expiry != NULL && store->leases != NULL);
+	Assert(store->expiry != NULL);
 
 	tuple = FormRecordTuple(store, key, rec);
 	result = heap_update_compat(store->heap, &otid, tuple,

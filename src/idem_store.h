@@ -117,8 +117,9 @@ typedef struct IdemStore
 	Relation	heap;
 	Relation	pkey;
 	Relation	expiry;			/* only when opened for inserts */
-	Relation	leases;			/* likewise, and only from version 0.2.0 */
-	Relation	failures;		/* likewise, and only from version 0.4.0 */
+	Relation	leases;			/* opened at the first leased record written */
+	Relation	failures;		/* at the first failed or dead one (0.4.0) */
+	const IdemStoreOids *oids;
 	TupleTableSlot *slot;
 	MemoryContext cxt;			/* where it was opened */
 	struct IndexInfo *pkey_info;	/* built at the first insert */
