@@ -362,6 +362,74 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION @extschema@.idem_retry(pg_catalog.text, pg_catalog.text),
                        @extschema@.idem_discard(pg_catalog.text, pg_catalog.text) FROM PUBLIC;
 
+-- The new functions that serve requests are PUBLIC's, as their older
+-- counterparts are in a fresh install.  An installation that revoked those
+-- counterparts from PUBLIC (and granted them to its application roles) gets
+-- the same on the new ones: the _full variants take the privileges of the
+-- function they extend, idem_once_batch idem_once's, and idem_fail and
+-- idem_keep, which write a key as a finish does, idem_finish's.  Their
+-- initial privileges stay a fresh install's (none recorded), so that
+-- pg_dump dumps the copied grants as the installation's own.
+DO LANGUAGE plpgsql $copy_acl$
+DECLARE
+    pair record;
+    old_acl pg_catalog.aclitem[];
+    new_acl pg_catalog.aclitem[];
+    owner_oid pg_catalog.oid;
+    g record;
+BEGIN
+    FOR pair IN
+        SELECT v.new_fn::pg_catalog.regprocedure AS new_fn, v.old_fn::pg_catalog.regprocedure AS old_fn
+          FROM (VALUES
+            ('@extschema@.idem_begin_full(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
+             '@extschema@.idem_begin(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)'),
+            ('@extschema@.idem_begin_full(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
+             '@extschema@.idem_begin(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)'),
+            ('@extschema@.idem_begin_full(pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
+             '@extschema@.idem_begin(pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)'),
+            ('@extschema@.idem_lookup_full(pg_catalog.text, pg_catalog.text)',
+             '@extschema@.idem_lookup(pg_catalog.text, pg_catalog.text)'),
+            ('@extschema@.idem_lease_full(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.interval, pg_catalog.int4)',
+             '@extschema@.idem_lease(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.interval)'),
+            ('@extschema@.idem_once_batch(pg_catalog.text[], pg_catalog.text, pg_catalog.interval)',
+             '@extschema@.idem_once(pg_catalog.text, pg_catalog.text, pg_catalog.interval)'),
+            ('@extschema@.idem_fail(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.interval, pg_catalog.uuid)',
+             '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid, pg_catalog.jsonb, pg_catalog.bytea)'),
+            ('@extschema@.idem_keep(pg_catalog.text, pg_catalog.text)',
+             '@extschema@.idem_finish(pg_catalog.text, pg_catalog.int4, pg_catalog.jsonb, pg_catalog.text, pg_catalog.uuid, pg_catalog.jsonb, pg_catalog.bytea)')
+          ) v(new_fn, old_fn)
+    LOOP
+        SELECT p.proacl INTO old_acl FROM pg_catalog.pg_proc p
+         WHERE p.oid OPERATOR(pg_catalog.=) pair.old_fn;
+        IF old_acl IS NULL THEN
+            CONTINUE;			-- the default, PUBLIC's: as the new one's
+        END IF;
+        SELECT p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
+          INTO owner_oid, new_acl
+          FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) pair.new_fn;
+        FOR g IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(new_acl) a
+                  WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+        LOOP
+            EXECUTE pg_catalog.format('REVOKE %s ON FUNCTION %s FROM %s', g.privilege_type, pair.new_fn,
+                CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
+        END LOOP;
+        FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
+                  WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+        LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, pair.new_fn,
+                CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+                CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        DELETE FROM pg_catalog.pg_init_privs i
+         WHERE i.objoid OPERATOR(pg_catalog.=) pair.new_fn
+           AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND i.objsubid OPERATOR(pg_catalog.=) 0;
+    END LOOP;
+END
+$copy_acl$;
+
 -- Failed and dead keys, through idem_keys_failures, with what the operator
 -- needs to decide: attempts, the bound, the last reason, the recovery
 -- point.  The reasons and recovery points are the application's data, so
@@ -424,7 +492,9 @@ CREATE OR REPLACE VIEW @extschema@.idem_storage AS
     SELECT
         GREATEST(pg_catalog.round(rows_estimate)::pg_catalog.int8
                             OPERATOR(pg_catalog.-) leased_keys
-                            OPERATOR(pg_catalog.-) expired_keys, 0) AS completed_keys_estimate,
+                            OPERATOR(pg_catalog.-) expired_keys
+                            OPERATOR(pg_catalog.-) failed_keys
+                            OPERATOR(pg_catalog.-) dead_keys, 0) AS completed_keys_estimate,
         leased_keys,
         leases_expired,
         expired_keys,

@@ -257,9 +257,38 @@ idem_lease(PG_FUNCTION_ARGS)
 	{
 		if (!ProbeSettled(&store, &key, now, true, &rec, &stale))
 		{
+			/* a failed key's attempts, bound and reason go on with the lease */
+			int32		prior_attempts = 0;
+			int32		prior_max = 0;
+			text	   *prior_error = NULL;
+
+			if (stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now)
+			{
+				prior_attempts = rec.attempts;
+				prior_max = rec.max_attempts;
+				prior_error = rec.last_error;
+			}
 			if (stale)
 				IdemClearExpiredRecord(&store, &key, now);
 			memset(&rec, 0, sizeof(rec));
+			rec.max_attempts = max_attempts > 0 ? max_attempts : prior_max;
+			rec.last_error = prior_error;
+			if (rec.max_attempts > 0 && prior_attempts >= rec.max_attempts)
+			{
+				/* its attempts ran out already */
+				rec.state = IDEM_STATE_DEAD;
+				rec.fingerprint = fp;
+				rec.created_at = now;
+				rec.expires_at = expires_at;
+				rec.code_isnull = true;
+				rec.attempts = prior_attempts;
+				rec.lease_duration = *lease;	/* idem_retry makes it a lease */
+				IdemStoreInsert(&store, &key, &rec);
+				CommandCounterIncrement();
+				IdemStatsAdd(IDEM_STAT_DEAD, 1);
+				(void) DecideLive(&rec, &fp, now, &res);
+				break;
+			}
 			rec.state = IDEM_STATE_LEASED;
 			rec.fingerprint = fp;
 			rec.created_at = now;
@@ -269,12 +298,12 @@ idem_lease(PG_FUNCTION_ARGS)
 			/* a lease never runs past the key's ttl */
 			rec.lease_expires_at = Min(lease_until, expires_at);
 			rec.lease_duration = *lease;
-			rec.attempts = 1;
-			rec.max_attempts = max_attempts;
+			rec.attempts = prior_attempts + 1;
 			IdemStoreInsert(&store, &key, &rec);
 			CommandCounterIncrement();
 			res.status = "started";
 			res.counted_as = IDEM_STAT_STARTED;
+			res.last_error = rec.last_error;	/* a failed key's, if it was one */
 			break;
 		}
 		IdemCheckRecordVisible(&rec, &key);
@@ -315,6 +344,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		res.counted_as = IDEM_STAT_RESUMED;
 		res.phase = rec.phase;
 		res.state = rec.phase_state;
+		res.last_error = rec.last_error;	/* why an earlier attempt failed */
 		break;
 	}
 	IdemKeyUnlock(&key);

@@ -12,9 +12,10 @@
  * An erased key keeps its (scope, key), created_at and expires_at and
  * nothing else: request fingerprint, response, recovery point and lease
  * are gone.  Every later call on it answers "erased" (idem_once: false),
- * so erasing a stored response never lets the work run a second time; the
- * sweeper removes the key when its ttl passes, as any other.  An erased
- * key that was expired already is deleted outright.
+ * so erasing a stored response never lets the work run a second time (a
+ * failed key's included); the sweeper removes the key when its ttl passes,
+ * as any other.  An erased key that was expired already is deleted
+ * outright.
  *
  * Both change a record holding the key's lock, after waiting for any
  * transaction still writing it (a begin that has not finished, a lease
@@ -83,9 +84,9 @@ idem_keep(PG_FUNCTION_ARGS)
 		if (!LockSettledRecord(&store, &key, now, &rec, &stale))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot keep idempotency key %s because it is absent",
-							IdemKeyName(&key)),
-					 errhint("Only a key with a record can be kept: one that is completed, leased, or finished in this transaction.")));
+					 errmsg("cannot keep idempotency key %s because it is %s",
+							IdemKeyName(&key), IdemDescribeKeyState(&store, &key, NULL)),
+					 errhint("Only a key with a result can be kept: one that is completed, leased, dead, or finished in this transaction.")));
 		IdemCheckRecordVisible(&rec, &key);
 		if (TIMESTAMP_IS_NOEND(rec.expires_at))
 			break;				/* kept already */
@@ -106,6 +107,7 @@ idem_keep(PG_FUNCTION_ARGS)
 	IdemStatsCallEnd(&timer);
 	PG_RETURN_TEXT_P(cstring_to_text(rec.state == IDEM_STATE_LEASED ? "in_progress" :
 									 rec.state == IDEM_STATE_ERASED ? "erased" :
+									 rec.state == IDEM_STATE_DEAD ? "dead" :
 									 "completed"));
 }
 
@@ -125,7 +127,8 @@ EraseKey(IdemStore *store, const IdemKey *key, TimestampTz now)
 	{
 		IdemRecord	tomb;
 
-		if (!LockSettledRecord(store, key, now, &rec, &stale))
+		if (!LockSettledRecord(store, key, now, &rec, &stale) &&
+			!(stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now))
 		{
 			/* an expired record is nobody's any more: delete it */
 			if (stale)
@@ -135,6 +138,7 @@ EraseKey(IdemStore *store, const IdemKey *key, TimestampTz now)
 			}
 			break;
 		}
+		/* a live record, a failed key's too: its retries must not start again */
 		IdemCheckRecordVisible(&rec, key);
 		if (rec.state == IDEM_STATE_ERASED)
 			break;

@@ -58,6 +58,7 @@ typedef struct IdemStatsShared
 } IdemStatsShared;
 
 static IdemStatsShared *stats_shared = NULL;
+bool		idem_call_waited = false;
 static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
 
 /*
@@ -69,6 +70,8 @@ static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
 static TimestampTz no_slot_retry_at = 0;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void StatsXactCallback(XactEvent event, void *arg);
 
 PG_FUNCTION_INFO_V1(idem_stats);
 PG_FUNCTION_INFO_V1(idem_stats_reset);
@@ -120,6 +123,7 @@ IdemStatsInit(void)
 	shmem_request_hook = StatsShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = StatsShmemStartup;
+	RegisterXactCallback(StatsXactCallback, NULL);
 }
 
 /* Zero a slot's counters. */
@@ -226,6 +230,15 @@ IdemStatsAdd(IdemStatKind kind, uint64 n)
 	pg_atomic_fetch_add_u64(&my_db_stats->counters[kind], n);
 }
 
+/*
+ * Timed calls and their time, not yet added to the shared counters: they
+ * are added once at the end of the transaction, so that a statement of a
+ * thousand calls costs two atomic adds on the database's shared slot, not
+ * two thousand (backends of one database share the slot's cache line).
+ */
+static uint64 pending_timed_calls = 0;
+static uint64 pending_call_ns = 0;
+
 /* Stop timing a call: its time is counted with one more timed call. */
 void
 IdemStatsCallEnd(IdemCallTimer *timer)
@@ -236,8 +249,41 @@ IdemStatsCallEnd(IdemCallTimer *timer)
 		return;
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, timer->start);
-	IdemStatsAdd(IDEM_STAT_TIMED_CALLS, 1);
-	IdemStatsAdd(IDEM_STAT_CALL_TIME, INSTR_TIME_GET_NANOSEC(elapsed));
+	pending_timed_calls++;
+	pending_call_ns += INSTR_TIME_GET_NANOSEC(elapsed);
+}
+
+/*
+ * At the end of every transaction, committed or not: add the pending times.
+ * Before a commit the transaction can still look up the database's slot;
+ * an aborting one cannot, and adds only to a slot it found already (every
+ * call but idem_lookup has counted something by then).
+ */
+static void
+StatsXactCallback(XactEvent event, void *arg)
+{
+	if (pending_timed_calls == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			if (my_db_stats != NULL)
+				break;
+			pending_timed_calls = 0;
+			pending_call_ns = 0;
+			return;
+		default:
+			return;
+	}
+	IdemStatsAdd(IDEM_STAT_TIMED_CALLS, pending_timed_calls);
+	IdemStatsAdd(IDEM_STAT_CALL_TIME, pending_call_ns);
+	pending_timed_calls = 0;
+	pending_call_ns = 0;
 }
 
 /*
@@ -257,7 +303,10 @@ IdemStatsWaitEnd(IdemWaitTimer *timer)
 
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, timer->start);
-	IdemStatsAdd(IDEM_STAT_KEY_WAITS, 1);
+	/* a call that waits for the lock, then for the row, is one call that waited */
+	if (!idem_call_waited)
+		IdemStatsAdd(IDEM_STAT_KEY_WAITS, 1);
+	idem_call_waited = true;
 	IdemStatsAdd(IDEM_STAT_KEY_WAIT_TIME, INSTR_TIME_GET_NANOSEC(elapsed));
 }
 

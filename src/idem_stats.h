@@ -34,7 +34,7 @@ typedef enum IdemStatKind
 	IDEM_STAT_RETRIED,			/* dead keys given new attempts (idem_retry) */
 	IDEM_STAT_DISCARDED,		/* failed or dead keys removed (idem_discard) */
 	IDEM_STAT_KEY_WAITS,		/* calls that waited for another transaction */
-	IDEM_STAT_KEY_WAIT_TIME,	/* nanoseconds of those waits */
+	IDEM_STAT_KEY_WAIT_TIME,	/* nanoseconds of all their waits */
 	IDEM_STAT_TIMED_CALLS,		/* calls timed (idempotency.track_timing) */
 	IDEM_STAT_CALL_TIME,		/* nanoseconds inside them */
 	IDEM_STAT_NKINDS
@@ -63,10 +63,14 @@ extern void IdemStatsCallEnd(IdemCallTimer *timer);
 extern void IdemStatsWaitStart(IdemWaitTimer *timer);
 extern void IdemStatsWaitEnd(IdemWaitTimer *timer);
 
+/* Whether the call under way has waited (key_waits counts calls, not waits). */
+extern bool idem_call_waited;
+
 /* Start timing a call; as cheap as a test of a setting when it is off. */
 static inline void
 IdemStatsCallStart(IdemCallTimer *timer)
 {
+	idem_call_waited = false;
 	timer->on = idem_track_timing && idem_track_stats;
 	if (timer->on)
 		INSTR_TIME_SET_CURRENT(timer->start);

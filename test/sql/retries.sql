@@ -134,6 +134,26 @@ SELECT idem_release('req-4');
 COMMIT;
 SELECT count(*) AS rows_left FROM idem_keys WHERE key IN ('req-3', 'req-4');
 
+-- a lease over a failed key goes on counting its attempts, with the
+-- key's bound and reason
+SELECT idem_fail('mixed-1', 'first try failed', max_attempts => 3) AS state;
+SELECT status, attempts FROM idem_lease_full('mixed-1', lease => '1 microsecond');
+SELECT status, attempts, last_error FROM idem_lease_full('mixed-1', lease => '1 microsecond');
+SELECT status, attempts, last_error FROM idem_lease_full('mixed-1');
+-- and one whose bound was reached already is dead at once
+SELECT idem_fail('mixed-2', 'e1') AS s1, idem_fail('mixed-2', 'e2') AS s2;
+SELECT status, token, attempts, last_error FROM idem_lease_full('mixed-2', max_attempts => 2);
+
+-- erasing a failed key leaves a tombstone: its retries do not start again
+SELECT idem_fail('er-f', 'card 4242 declined') AS state;
+SELECT idem_erase('er-f') AS erased;
+SELECT state, last_error FROM idem_keys WHERE key = 'er-f';
+SELECT status FROM idem_begin('er-f');
+-- keeping: a dead key is kept; a failed one has no result to keep
+SELECT idem_keep('job-2') AS kept;
+SELECT idem_fail('keep-f', 'e') AS state;
+SELECT try($$SELECT idem_keep('keep-f')$$);
+
 ------------------------------------------------------------------------
 -- bad input and wrong states: a precise error, nothing changes
 ------------------------------------------------------------------------

@@ -385,14 +385,14 @@ DROP ROLE regress_idem_ops; DROP ROLE regress_idem_app});
 
 # 0.4.0 makes idem_finish (two more arguments) and idem_stats (more
 # columns, and its view) again: what an installation granted or revoked on
-# them stays, through pg_dump and a restore too, and the functions 0.4.0
-# adds have a fresh install's privileges.  A role's view over idem_stats
+# them stays, through pg_dump and a restore too; the request functions 0.4.0
+# adds take their counterparts' privileges, the operators' functions none.  A role's view over idem_stats
 # makes the update fail and change nothing, rather than be dropped.
 if ($available{'0.3.1'} && $available{'0.4.0'})
 {
 	subtest 'update to 0.4.0 keeps the privileges of idem_finish and idem_stats' => sub {
 		my $acl = q{
-SELECT format('finish public=%s app=%s / stats fn mon=%s pg_monitor=%s / stats view mon=%s pg_monitor=%s / retry public=%s ops=%s / fail public=%s',
+SELECT format('finish public=%s app=%s / stats fn mon=%s pg_monitor=%s / stats view mon=%s pg_monitor=%s / retry public=%s ops=%s / fail public=%s app=%s / keep public=%s / lookup_full public=%s app=%s / begin_full public=%s',
               has_function_privilege('public', 'idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)', 'EXECUTE'),
               has_function_privilege('regress_idem_app', 'idem_finish(text,int,jsonb,text,uuid,jsonb,bytea)', 'EXECUTE'),
               has_function_privilege('regress_idem_mon', 'idem_stats()', 'EXECUTE'),
@@ -401,9 +401,17 @@ SELECT format('finish public=%s app=%s / stats fn mon=%s pg_monitor=%s / stats v
               has_table_privilege('pg_monitor', 'idem_stats', 'SELECT'),
               has_function_privilege('public', 'idem_retry(text,text)', 'EXECUTE'),
               has_function_privilege('regress_idem_ops', 'idem_retry(text,text)', 'EXECUTE'),
-              has_function_privilege('public', 'idem_fail(text,text,text,int,interval,uuid)', 'EXECUTE'))};
+              has_function_privilege('public', 'idem_fail(text,text,text,int,interval,uuid)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_fail(text,text,text,int,interval,uuid)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_keep(text,text)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_lookup_full(text,text)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_lookup_full(text,text)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_begin_full(text,jsonb,text,interval,boolean)', 'EXECUTE'))};
+		# new functions that serve requests follow their counterparts: the
+		# lookup and the finish were locked down, the begin was not
 		my $want = 'finish public=f app=t / stats fn mon=t pg_monitor=t / stats view mon=t pg_monitor=t'
-		  . ' / retry public=f ops=t / fail public=t';
+		  . ' / retry public=f ops=t / fail public=f app=t / keep public=f / lookup_full public=f app=t'
+		  . ' / begin_full public=t';
 		my $db = 'acl_0_4_0';
 		$node->safe_psql('postgres', qq{
 CREATE ROLE regress_idem_app; CREATE ROLE regress_idem_mon; CREATE ROLE regress_idem_ops;
@@ -412,6 +420,8 @@ CREATE DATABASE $db});
 CREATE EXTENSION idempotency VERSION '0.3.1';
 REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid) TO regress_idem_app;
+REVOKE EXECUTE ON FUNCTION idem_lookup(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idem_lookup(text, text) TO regress_idem_app;
 GRANT EXECUTE ON FUNCTION idem_stats() TO regress_idem_mon;
 GRANT SELECT ON idem_stats TO regress_idem_mon;
 CREATE VIEW my_stats AS SELECT datname, started FROM idem_stats;});
