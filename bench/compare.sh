@@ -40,7 +40,8 @@ done
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 REV_SHA=$(git -C "$REPO" rev-parse --verify "$REV^{commit}") || { echo "compare.sh: unknown revision $REV" >&2; exit 2; }
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"		# log, bench_paired
 if [[ $EUID -eq 0 ]]; then AS_PG=(runuser -u postgres --); elif [[ $(id -un) == postgres ]]; then AS_PG=(); else
 	echo "compare.sh: run as root or as postgres" >&2; exit 2
 fi
@@ -140,19 +141,5 @@ done
 
 echo
 echo "after/before ($REV): median of the per-round tps ratios, 95% interval (order statistics)"
-awk -F, '
-NR > 1 { t[$2, $3, $1] = $4; scen[$2] = 1; rounds[$1] = 1 }
-END {
-	for (s in scen) {
-		n = 0
-		for (r in rounds)
-			if ((s, "after", r) in t && (s, "before", r) in t && t[s, "before", r] > 0)
-				q[++n] = t[s, "after", r] / t[s, "before", r]
-		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (q[j] < q[i]) { x = q[i]; q[i] = q[j]; q[j] = x }
-		med = n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
-		k = int((n - 1.96 * sqrt(n)) / 2); if (k < 1) k = 1
-		printf "  %-10s n=%-3d median %.4f  95%% [%.4f, %.4f]\n", s, n, med, q[k], q[n - k + 1]
-		delete q
-	}
-}' "$RESULTS" | sort
+bench_paired "$RESULTS" after before
 echo "results: $RESULTS"

@@ -17,6 +17,9 @@
 #                                its pid) on exit; its pid is in BG_PID
 #   bench_bg_done PID [kill]     wait for (or kill, then wait for) such a
 #                                command; returns its exit status
+#   bench_paired CSV A B         per scenario, the median of the per-round
+#                                ratios A/B of a CSV round,scenario,arm,tps,...
+#                                with a distribution-free 95% interval
 # BENCH_FAIL_RC, if set, replaces any other non-zero exit status (except
 # 130/143 for SIGINT/SIGTERM).
 
@@ -138,4 +141,28 @@ bench_bg_done() {	# pid [kill]
 	done
 	BG_PIDS=("${keep[@]}")
 	return $rc
+}
+
+# The median of the per-round ratios tps(A) / tps(B), per scenario, of a CSV
+# whose columns start round,scenario,arm,tps; and a distribution-free 95%
+# interval for it: the order statistics k and n-k+1 of the sorted ratios,
+# k = floor((n - 1.96 sqrt(n)) / 2), as for a sign test.  Prints whether the
+# interval is within +/-2%.
+bench_paired() {	# csv A B
+	awk -F, -v A="$2" -v B="$3" '
+NR > 1 { t[$2, $3, $1] = $4; scen[$2] = 1; rounds[$1] = 1 }
+END {
+	for (s in scen) {
+		n = 0
+		for (r in rounds)
+			if ((s, A, r) in t && (s, B, r) in t && t[s, B, r] > 0)
+				q[++n] = t[s, A, r] / t[s, B, r]
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (q[j] < q[i]) { x = q[i]; q[i] = q[j]; q[j] = x }
+		med = n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
+		k = int((n - 1.96 * sqrt(n)) / 2); if (k < 1) k = 1
+		printf "  %-11s n=%-3d median %.4f  95%% [%.4f, %.4f]  %s\n", s, n, med, q[k], q[n - k + 1],
+			(q[n - k + 1] - q[k]) / 2 <= 0.02 ? "resolves 2%" : "does not resolve 2%"
+		delete q
+	}
+}' "$1" | sort
 }

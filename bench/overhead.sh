@@ -97,23 +97,7 @@ done
 
 echo
 echo "track_timing on/off: median of the per-round tps ratios, 95% interval (order statistics)"
-awk -F, '
-NR > 1 { t[$2, $3, $1] = $4; scen[$2] = 1; rounds[$1] = 1 }
-END {
-	for (s in scen) {
-		n = 0
-		for (r in rounds)
-			if ((s, "on", r) in t && (s, "off", r) in t && t[s, "off", r] > 0)
-				q[++n] = t[s, "on", r] / t[s, "off", r]
-		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (q[j] < q[i]) { x = q[i]; q[i] = q[j]; q[j] = x }
-		med = n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
-		k = int((n - 1.96 * sqrt(n)) / 2); if (k < 1) k = 1
-		lo = q[k]; hi = q[n - k + 1]
-		printf "  %-10s n=%-3d median %.4f  95%% [%.4f, %.4f]  %s\n", s, n, med, lo, hi,
-			(hi - lo) / 2 <= 0.02 ? "resolves 2%" : "does NOT resolve 2%: run more ROUNDS"
-		delete q
-	}
-}' "$RESULTS" | sort
+bench_paired "$RESULTS" on off
 echo "results: $RESULTS"
 if ((FAILURES)); then
 	echo "$FAILURES check(s) FAILED" >&2

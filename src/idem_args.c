@@ -53,10 +53,13 @@ IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
 				 errmsg("%s must not be null", what)));
 }
 
-/* A key or scope argument, checked against contract section 2. */
-static text *
-GetNameArg(FunctionCallInfo fcinfo, int argno, const char *what,
-		   int maxlen, bool allow_empty)
+/*
+ * A text argument of at most maxlen bytes, not NULL, and not empty unless
+ * allow_empty: a key or scope (contract section 2), a phase, an error.
+ */
+text *
+IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
+			   int maxlen, bool allow_empty)
 {
 	text	   *value;
 	int			len;
@@ -81,7 +84,7 @@ void
 IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 			   IdemKey *key)
 {
-	key->key = GetNameArg(fcinfo, key_argno, "idempotency key",
+	key->key = IdemGetTextArg(fcinfo, key_argno, "idempotency key",
 						  IDEM_KEY_MAX_LEN, false);
 	key->scope = IdemGetScopeArg(fcinfo, scope_argno);
 	key->hash = IdemKeyHash(key->scope, key->key);
@@ -91,7 +94,7 @@ IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 text *
 IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
 {
-	return GetNameArg(fcinfo, scope_argno, "idempotency scope",
+	return IdemGetTextArg(fcinfo, scope_argno, "idempotency scope",
 					  IDEM_SCOPE_MAX_LEN, true);
 }
 

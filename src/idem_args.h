@@ -21,6 +21,8 @@ typedef struct IdemCallCache
 
 extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row);
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
+extern text *IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
+							 int maxlen, bool allow_empty);
 extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
 						   int scope_argno, IdemKey *key);
 extern text *IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno);

@@ -280,3 +280,19 @@ IdemProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
 	}
 	return false;
 }
+
+/*
+ * Lock the key and wait until nobody else is writing it, for a call that
+ * changes whatever record it has (keep, erase, fail, retry, discard): is
+ * there a live record (in rec)?  *stale as for IdemProbeSettled.  The
+ * caller's own writes earlier in this command are made ones it may change.
+ */
+bool
+IdemLockSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
+				IdemRecord *rec, bool *stale)
+{
+	CommandCounterIncrement();
+	(void) IdemKeyLock(key, true);
+	return IdemProbeSettled(store, key, now, true, true, rec, stale) ==
+		IDEM_PROBE_FOUND;
+}

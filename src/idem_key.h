@@ -22,6 +22,8 @@ extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
 extern bool IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 							 TimestampTz now, const char *caller,
 							 IdemRecord *rec, bool *live, bool *stale);
+extern bool IdemLockSettled(IdemStore *store, const IdemKey *key,
+							TimestampTz now, IdemRecord *rec, bool *stale);
 extern bool IdemProbeLive(IdemStore *store, const IdemKey *key,
 						  TimestampTz now, IdemRecord *rec);
 extern const char *IdemDescribeKeyState(IdemStore *store, const IdemKey *key,

@@ -433,7 +433,6 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemKey		key;
 	pg_uuid_t  *token;
 	text	   *phase;
-	int			phase_len;
 	Datum		state = (Datum) 0;
 	IdemStore	store;
 	IdemRecord	rec;
@@ -443,19 +442,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemGetKeyArgs(fcinfo, 0, 4, &key);
 	IdemRequireArg(fcinfo, 1, "lease token");
 	token = PG_GETARG_UUID_P(1);
-	IdemRequireArg(fcinfo, 2, "phase");
-	phase = PG_GETARG_TEXT_PP(2);
-	phase_len = VARSIZE_ANY_EXHDR(phase);
-	if (phase_len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("phase must not be empty")));
-	if (phase_len > IDEM_PHASE_MAX_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("phase is too long"),
-				 errdetail("It is %d bytes; the limit is %d bytes.",
-						   phase_len, IDEM_PHASE_MAX_LEN)));
+	phase = IdemGetTextArg(fcinfo, 2, "phase", IDEM_PHASE_MAX_LEN, false);
 	if (!PG_ARGISNULL(3))
 		state = PointerGetDatum(PG_GETARG_JSONB_P(3));
 	if (!PG_ARGISNULL(5))

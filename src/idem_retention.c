@@ -41,21 +41,6 @@ PG_FUNCTION_INFO_V1(idem_erase);
 PG_FUNCTION_INFO_V1(idem_erase_scope);
 
 /*
- * Lock the key and wait until nobody else is writing it; returns whether it
- * has a live record, in rec.  *stale says an expired one is there.
- */
-static bool
-LockSettledRecord(IdemStore *store, const IdemKey *key, TimestampTz now,
-				  IdemRecord *rec, bool *stale)
-{
-	/* our own writes earlier in this command become ones we may change */
-	CommandCounterIncrement();
-	(void) IdemKeyLock(key, true);
-	return IdemProbeSettled(store, key, now, true, true, rec, stale) ==
-		IDEM_PROBE_FOUND;
-}
-
-/*
  * idem_keep(key text, scope text): the key never expires.  Returns the
  * record's state after the call: completed, in_progress (a lease) or
  * erased.
@@ -81,7 +66,7 @@ idem_keep(PG_FUNCTION_ARGS)
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		if (!LockSettledRecord(&store, &key, now, &rec, &stale))
+		if (!IdemLockSettled(&store, &key, now, &rec, &stale))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot keep idempotency key %s because it is %s",
@@ -127,7 +112,7 @@ EraseKey(IdemStore *store, const IdemKey *key, TimestampTz now)
 	{
 		IdemRecord	tomb;
 
-		if (!LockSettledRecord(store, key, now, &rec, &stale) &&
+		if (!IdemLockSettled(store, key, now, &rec, &stale) &&
 			!(stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now))
 		{
 			/* an expired record is nobody's any more: delete it */

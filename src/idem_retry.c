@@ -45,17 +45,6 @@ PG_FUNCTION_INFO_V1(idem_fail);
 PG_FUNCTION_INFO_V1(idem_retry);
 PG_FUNCTION_INFO_V1(idem_discard);
 
-/* Lock the key and wait for its writers; is there a live record (rec)? */
-static bool
-LockSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
-			IdemRecord *rec, bool *stale)
-{
-	CommandCounterIncrement();
-	(void) IdemKeyLock(key, true);
-	return IdemProbeSettled(store, key, now, true, true, rec, stale) ==
-		IDEM_PROBE_FOUND;
-}
-
 /* Raise 55000: the key is not in a state the function applies to. */
 static void
 RefuseState(IdemStore *store, const IdemKey *key, const char *verb,
@@ -81,7 +70,6 @@ idem_fail(PG_FUNCTION_ARGS)
 	IdemCallTimer timer;
 	IdemKey		key;
 	text	   *error;
-	int			error_len;
 	int32		max_attempts = 0;
 	TimestampTz expires_at;
 	IdemStore	store;
@@ -92,19 +80,7 @@ idem_fail(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	IdemRequireArg(fcinfo, 1, "error");
-	error = PG_GETARG_TEXT_P_COPY(1);
-	error_len = VARSIZE_ANY_EXHDR(error);
-	if (error_len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("error must not be empty"),
-				 errhint("Record what made the attempt fail: the operator reads it.")));
-	if (error_len > IDEM_MAX_ERROR_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("error is too long"),
-				 errdetail("It is %d bytes; the limit is %d bytes.", error_len, IDEM_MAX_ERROR_LEN)));
+	error = IdemGetTextArg(fcinfo, 1, "error", IDEM_MAX_ERROR_LEN, false);
 	if (!PG_ARGISNULL(3))
 		max_attempts = IdemGetMaxAttempts(fcinfo, 3);
 	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
@@ -121,7 +97,7 @@ idem_fail(PG_FUNCTION_ARGS)
 
 	for (;;)
 	{
-		if (LockSettled(&store, &key, now, &rec, &stale))
+		if (IdemLockSettled(&store, &key, now, &rec, &stale))
 		{
 			IdemCheckRecordVisible(&rec, &key);
 			if (rec.state == IDEM_STATE_DEAD)
@@ -208,7 +184,7 @@ idem_retry(PG_FUNCTION_ARGS)
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		if (!LockSettled(&store, &key, now, &rec, &stale) ||
+		if (!IdemLockSettled(&store, &key, now, &rec, &stale) ||
 			rec.state != IDEM_STATE_DEAD)
 			RefuseState(&store, &key, "retry",
 						"idem_retry() gives new attempts to a dead key: one whose attempts ran out.");
@@ -267,7 +243,7 @@ idem_discard(PG_FUNCTION_ARGS)
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		bool		found = LockSettled(&store, &key, now, &rec, &stale);
+		bool		found = IdemLockSettled(&store, &key, now, &rec, &stale);
 
 		if (found && rec.state != IDEM_STATE_DEAD)
 			found = false;
