@@ -8,10 +8,11 @@
  * of strings for a field that occurs more than once (Set-Cookie, Link), in
  * order.  jsonb does not keep the order of different field names, which
  * RFC 9110 section 5.3 says is not significant; it keeps every value's
- * characters exactly.  A name must be an RFC 9110 token and a value must
- * not hold CR, LF or NUL: the application replays them into a response,
- * where a line break would start a header (or a body) of the requester's
- * choosing.  The byte body is kept and returned exactly.
+ * characters exactly.  A name must be an RFC 9110 token, given once
+ * (ignoring case), and a value must hold no control character but a tab:
+ * the application replays them into a response, where a line break would
+ * start a header (or a body) of the requester's choosing, and a stricter
+ * HTTP stack would refuse the whole response.  The byte body is kept and returned exactly.
  */
 #include "postgres.h"
 
@@ -42,14 +43,46 @@ CheckHeaderValue(const char *name, int namelen, const JsonbValue *v)
 						namelen, name)));
 	for (int i = 0; i < v->val.string.len; i++)
 	{
-		char		c = v->val.string.val[i];
+		unsigned char c = (unsigned char) v->val.string.val[i];
 
 		if (c == '\r' || c == '\n')
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("response header \"%.*s\" contains a line break", namelen, name),
 					 errdetail("A replayed header with CR or LF would start another header or the body.")));
+		/* RFC 9110 5.5: no control character in a value but HTAB */
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("response header \"%.*s\" contains a control character", namelen, name),
+					 errdetail("Byte 0x%02x at offset %d; a field value may hold no control character but a tab.",
+							   c, i)));
 	}
+}
+
+/*
+ * Field names are case-insensitive (RFC 9110 5.1): jsonb keeps "Location"
+ * and "location" apart, and a replay would send both.  The names are few
+ * (the headers are at most IDEM_MAX_HEADERS_BYTES), so each is compared
+ * with those before it.
+ */
+static void
+CheckNameOnce(const char *name, int namelen, JsonbValue **seen, int *nseen)
+{
+	for (int i = 0; i < *nseen; i++)
+		if ((*seen)[i].val.string.len == namelen &&
+			pg_strncasecmp((*seen)[i].val.string.val, name, namelen) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("response header \"%.*s\" is given twice", namelen, name),
+					 errdetail("Field names are case-insensitive: \"%.*s\" is the same field.",
+							   (*seen)[i].val.string.len, (*seen)[i].val.string.val),
+					 errhint("Give a field that occurs more than once as one name with an array of values.")));
+	*seen = *seen == NULL ? palloc(sizeof(JsonbValue) * 16) :
+		(*nseen % 16 == 0 ? repalloc(*seen, sizeof(JsonbValue) * (*nseen + 16)) : *seen);
+	(*seen)[*nseen].val.string.val = (char *) name;
+	(*seen)[*nseen].val.string.len = namelen;
+	(*nseen)++;
 }
 
 /*
@@ -65,6 +98,8 @@ IdemCheckResponseHeaders(Jsonb *headers)
 	int			depth = 0;
 	char	   *name = NULL;
 	int			namelen = 0;
+	JsonbValue *seen = NULL;	/* the names so far */
+	int			nseen = 0;
 
 	if (VARSIZE(headers) > IDEM_MAX_HEADERS_BYTES)
 		ereport(ERROR,
@@ -110,6 +145,7 @@ IdemCheckResponseHeaders(Jsonb *headers)
 			case WJB_KEY:
 				name = v.val.string.val;
 				namelen = v.val.string.len;
+				CheckNameOnce(name, namelen, &seen, &nseen);
 				if (namelen == 0)
 					ereport(ERROR,
 							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

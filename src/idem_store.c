@@ -94,6 +94,40 @@ IdemKeyHash(const text *scope, const text *key)
 							   VARSIZE_ANY_EXHDR(key), scope_hash);
 }
 
+/*
+ * How to make an index of the store again, after the owner of the
+ * extension's schema dropped it (an index is no extension member, and a
+ * schema's owner may drop what is in it): what the install scripts ran.
+ * Never "drop and re-create the extension", which would drop the keys.
+ */
+static const char *
+RecreateHint(const char *name)
+{
+	if (strcmp(name, IDEM_EXPIRY_NAME) == 0)
+		return "CREATE INDEX idem_keys_expires_at ON idem_keys (expires_at)";
+	if (strcmp(name, IDEM_LEASES_NAME) == 0)
+		return "CREATE INDEX idem_keys_leases ON idem_keys (lease_expires_at) WHERE state = 'p'";
+	if (strcmp(name, IDEM_FAILURES_NAME) == 0)
+		return "CREATE INDEX idem_keys_failures ON idem_keys (scope, key) WHERE state = ANY ('{f,d}'::\"char\"[])";
+	return NULL;
+}
+
+/* Raise 42P01 for a relation of the store that is missing. */
+static void
+ReportMissingRelation(const char *name, Oid nspid)
+{
+	const char *recreate = RecreateHint(name);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_TABLE),
+			 errmsg("relation \"%s.%s\" of extension \"idempotency\" does not exist",
+					get_namespace_name(nspid), name),
+			 recreate ?
+			 errhint("Create it again, as a superuser with search_path set to the extension's schema: %s; do not drop the extension, which would drop its keys.",
+					 recreate) :
+			 errhint("Restore it from a backup; do not drop the extension, which would drop its keys.")));
+}
+
 /* Look up one of the store's relations in the extension's schema. */
 static Oid
 LookupStoreRelation(const char *name, Oid nspid)
@@ -101,11 +135,7 @@ LookupStoreRelation(const char *name, Oid nspid)
 	Oid			relid = get_relname_relid(name, nspid);
 
 	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"%s.%s\" of extension \"idempotency\" does not exist",
-						get_namespace_name(nspid), name),
-				 errhint("Drop and re-create the extension.")));
+		ReportMissingRelation(name, nspid);
 	return relid;
 }
 
@@ -603,8 +633,8 @@ OpenPartialIndex(IdemStore *store, Oid indexid, Relation *index, IndexInfo **inf
 	if (*index != NULL)
 		return;
 	if (!OidIsValid(indexid))
-		elog(ERROR, "index for this record's state of relation \"%s\" does not exist",
-			 RelationGetRelationName(store->heap));
+		ReportMissingRelation(index == &store->leases ? IDEM_LEASES_NAME : IDEM_FAILURES_NAME,
+							  RelationGetNamespace(store->heap));
 	old = MemoryContextSwitchTo(store->cxt);
 	*index = index_open(indexid, RowExclusiveLock);
 	*info = BuildIndexInfo(*index);

@@ -111,14 +111,22 @@ SELECT n, try(stmt) FROM (VALUES
   (13, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Location": "/a\r\nSet-Cookie: x=1"}')$$),
   (14, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Location": ["/a", "/b\n"]}')$$),
   (15, $$SELECT idem_finish('bad-1', 200, response_headers => jsonb_build_object('X-Big', repeat('v', 20000)))$$),
-  (16, $$SELECT idem_finish('bad-1', 200, response_headers => 'not json')$$)
+  (16, $$SELECT idem_finish('bad-1', 200, response_headers => 'not json')$$),
+  (17, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a\u0001b"}')$$),
+  (18, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a\u000bb"}')$$),
+  (19, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": ["ok", "a\u007fb"]}')$$),
+  (20, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Location": "/a", "location": "/b"}')$$),
+  (21, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a", "Set-Cookie": "1", "SET-COOKIE": ["2"]}')$$)
 ) v(n, stmt)
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
--- the key is still this transaction's to finish
-SELECT idem_finish('bad-1', 200, response_headers => jsonb_build_object('X-Ok', repeat('v', 1000)));
+-- the key is still this transaction's to finish; a tab and non-ASCII text are fine
+SELECT idem_finish('bad-1', 200, response_headers => jsonb_build_object('X-Ok', repeat('v', 1000),
+                                                                        'X-Tab', E'a\tb', 'X-Name', 'Zoë'));
 COMMIT;
-SELECT status, length(response_headers ->> 'X-Ok') AS kept FROM idem_begin_full('bad-1');
+SELECT status, length(response_headers ->> 'X-Ok') AS kept, response_headers ->> 'X-Tab' AS tab,
+       response_headers ->> 'X-Name' AS name
+FROM idem_begin_full('bad-1');
 
 DROP FUNCTION try(text);
 DROP FUNCTION keys_state();

@@ -207,6 +207,19 @@ DROP ROLE regress_idem_app;
 -- counted in idem_stats
 SELECT failures, dead, dead_replies, retried, discarded FROM idem_stats WHERE datname = current_database();
 
+-- the owner of the extension's schema may drop its indexes (they are no
+-- extension members); a call that needs one fails and says how to make it
+-- again, never to drop the extension (and its keys)
+BEGIN;
+DROP INDEX idem_keys_failures;
+SELECT idem_fail('lost-index', 'e');
+ROLLBACK;
+BEGIN;
+DROP INDEX idem_keys_expires_at;
+SELECT idem_once('lost-index');
+ROLLBACK;
+SELECT idem_fail('after-rollback', 'e') AS indexes_back;
+
 DROP FUNCTION try(text);
 DROP FUNCTION keys_state();
 TRUNCATE idem_keys;
