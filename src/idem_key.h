@@ -22,6 +22,16 @@ extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
 extern bool IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 							 TimestampTz now, const char *caller,
 							 IdemRecord *rec, bool *live, bool *stale);
+/*
+ * The record a probe reported as stale (absent) is a failed key's that is
+ * still live: its next attempt may start, but its attempts count on.
+ */
+static inline bool
+IdemIsLiveFailure(const IdemRecord *rec, bool stale, TimestampTz now)
+{
+	return stale && rec->state == IDEM_STATE_FAILED && rec->expires_at > now;
+}
+
 extern bool IdemLockSettled(IdemStore *store, const IdemKey *key,
 							TimestampTz now, IdemRecord *rec, bool *stale);
 extern bool IdemProbeLive(IdemStore *store, const IdemKey *key,

@@ -70,8 +70,8 @@ PG_FUNCTION_INFO_V1(idem_lease);
 PG_FUNCTION_INFO_V1(idem_checkpoint);
 
 /* A fresh fencing token: a random (version 4) uuid, as gen_random_uuid(). */
-static void
-NewToken(pg_uuid_t *token)
+void
+IdemNewLeaseToken(pg_uuid_t *token)
 {
 	if (!pg_strong_random(token->data, UUID_LEN))
 		ereport(ERROR,
@@ -262,7 +262,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			int32		prior_max = 0;
 			text	   *prior_error = NULL;
 
-			if (stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now)
+			if (IdemIsLiveFailure(&rec, stale, now))
 			{
 				prior_attempts = rec.attempts;
 				prior_max = rec.max_attempts;
@@ -294,7 +294,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.created_at = now;
 			rec.expires_at = expires_at;
 			rec.code_isnull = true;
-			NewToken(&rec.lease_token);
+			IdemNewLeaseToken(&rec.lease_token);
 			/* a lease never runs past the key's ttl */
 			rec.lease_expires_at = Min(lease_until, expires_at);
 			rec.lease_duration = *lease;
@@ -333,7 +333,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		}
 
 		/* take the key over from its recovery point */
-		NewToken(&rec.lease_token);
+		IdemNewLeaseToken(&rec.lease_token);
 		rec.lease_expires_at = Min(lease_until, rec.expires_at);
 		rec.lease_duration = *lease;
 		rec.attempts++;

@@ -10,6 +10,7 @@
 
 #include "idem_store.h"
 
+extern void IdemNewLeaseToken(pg_uuid_t *token);
 extern void IdemLeaseFinish(IdemStore *store, const IdemKey *key,
 							const pg_uuid_t *token, int32 response_code,
 							Datum response_body, Datum response_headers,

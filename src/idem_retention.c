@@ -113,7 +113,7 @@ EraseKey(IdemStore *store, const IdemKey *key, TimestampTz now)
 		IdemRecord	tomb;
 
 		if (!IdemLockSettled(store, key, now, &rec, &stale) &&
-			!(stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now))
+			!IdemIsLiveFailure(&rec, stale, now))
 		{
 			/* an expired record is nobody's any more: delete it */
 			if (stale)

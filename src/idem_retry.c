@@ -111,7 +111,7 @@ idem_fail(PG_FUNCTION_ARGS)
 			RefuseState(&store, &key, "fail",
 						"idem_fail() records a failed attempt at a key that has no result: call it after the attempt's transaction rolled back.");
 		}
-		existing = (stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now);
+		existing = IdemIsLiveFailure(&rec, stale, now);
 		if (existing)
 		{
 			/* one more failed attempt */
@@ -190,17 +190,13 @@ idem_retry(PG_FUNCTION_ARGS)
 						"idem_retry() gives new attempts to a dead key: one whose attempts ran out.");
 		IdemCheckRecordVisible(&rec, &key);
 		/* a lease's record keeps the lease's length */
-		was_lease = !(rec.lease_duration.month == 0 && rec.lease_duration.day == 0 &&
-					  rec.lease_duration.time == 0);
+		was_lease = IdemRecordHasLeaseDuration(&rec);
 		rec.attempts = 0;
 		if (was_lease)
 		{
 			/* no holder: the token is nobody's, and the lease has run out */
 			rec.state = IDEM_STATE_LEASED;
-			if (!pg_strong_random(rec.lease_token.data, UUID_LEN))
-				ereport(ERROR,
-						(errcode(ERRCODE_INTERNAL_ERROR),
-						 errmsg("could not generate random values")));
+			IdemNewLeaseToken(&rec.lease_token);
 			rec.lease_expires_at = now;
 		}
 		else
@@ -247,7 +243,7 @@ idem_discard(PG_FUNCTION_ARGS)
 
 		if (found && rec.state != IDEM_STATE_DEAD)
 			found = false;
-		if (!found && !(stale && rec.state == IDEM_STATE_FAILED && rec.expires_at > now))
+		if (!found && !IdemIsLiveFailure(&rec, stale, now))
 			RefuseState(&store, &key, "discard",
 						"idem_discard() forgets a failed or dead key.");
 		IdemCheckRecordVisible(&rec, &key);

@@ -590,9 +590,7 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	if (leased || IDEM_STATE_IS_FAILURE(rec->state))
 	{
 		/* a failed or dead key keeps its recovery point, and a lease's length */
-		bool		no_duration = (rec->lease_duration.month == 0 &&
-								   rec->lease_duration.day == 0 &&
-								   rec->lease_duration.time == 0);
+		bool		no_duration = !IdemRecordHasLeaseDuration(rec);
 
 		Assert(RelationGetDescr(store->heap)->natts >= Natts_idem_keys_0_2);
 		values[Anum_lease_duration - 1] = IntervalPGetDatum(&rec->lease_duration);

@@ -79,6 +79,14 @@ typedef struct IdemRecord
 	text	   *last_error;		/* NULL for none (or not asked for) */
 } IdemRecord;
 
+/* Was the record a lease's?  A lease's length is positive; zero means none. */
+static inline bool
+IdemRecordHasLeaseDuration(const IdemRecord *rec)
+{
+	return rec->lease_duration.month != 0 || rec->lease_duration.day != 0 ||
+		rec->lease_duration.time != 0;
+}
+
 typedef enum IdemProbeResult
 {
 	IDEM_PROBE_ABSENT,			/* no live record */
