@@ -19,6 +19,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -29,11 +30,8 @@
 #include "idem_response.h"
 #include "idem_stats.h"
 #include "idem_store.h"
+#include "idem_work.h"
 #include "idem_xact.h"
-
-/* Response codes are HTTP status codes (RFC 9110, section 15). */
-#define IDEM_MIN_RESPONSE_CODE 100
-#define IDEM_MAX_RESPONSE_CODE 599
 
 /*
  * Columns of the row idem_begin and idem_lookup return: 5 before 0.4.0
@@ -62,6 +60,7 @@ PG_FUNCTION_INFO_V1(idem_begin_jsonb);
 PG_FUNCTION_INFO_V1(idem_begin_text);
 PG_FUNCTION_INFO_V1(idem_begin_bytea);
 PG_FUNCTION_INFO_V1(idem_finish);
+PG_FUNCTION_INFO_V1(idem_call);
 PG_FUNCTION_INFO_V1(idem_release);
 PG_FUNCTION_INFO_V1(idem_lookup);
 PG_FUNCTION_INFO_V1(idem_fingerprint_jsonb);
@@ -217,6 +216,41 @@ typedef enum IdemBodyKind
 } IdemBodyKind;
 
 /*
+ * Begin a key, as idem_begin and idem_call do: the result for a live
+ * record (replay, mismatch, in_progress, dead, erased), in_progress for a
+ * key another transaction holds when !wait, or started, with the key open
+ * in this transaction and locked.
+ */
+static void
+StartKey(const IdemStoreOids *oids, const IdemKey *key,
+		 const IdemFingerprint *fp, TimestampTz now, TimestampTz expires_at,
+		 bool wait, const char *caller, IdemResult *res)
+{
+	IdemStore	store;
+	IdemRecord	rec;
+	bool		live;
+	bool		stale = false;
+
+	IdemStoreOpen(&store, oids, true, false);
+	if (IdemProbeLive(&store, key, now, &rec))
+		ResultFromRecord(&rec, fp, res);
+	else if (!IdemLockAndProbe(&store, key, wait, now, caller, &rec, &live, &stale))
+		ResultStatusOnly("in_progress", res);
+	else if (live)
+		ResultFromRecord(&rec, fp, res);
+	else
+	{
+		IdemOpenKeyAdd(key, fp, now, expires_at, stale);
+		memset(res, 0, sizeof(*res));
+		res->status = "started";
+		res->code_isnull = true;
+		res->created_at = now;
+		res->expires_at = expires_at;
+	}
+	IdemStoreClose(&store);
+}
+
+/*
  * The body of the three idem_begin variants.  Every other argument is
  * checked before the body is hashed, so a bad call fails fast whatever the
  * body's size.
@@ -232,11 +266,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemKey		key;
 	TimestampTz expires_at;
 	bool		wait;
-	IdemStore	store;
-	IdemRecord	rec;
 	IdemResult	res;
-	bool		live;
-	bool		stale = false;
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
@@ -258,24 +288,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 							 fingerprint.bytes);
 	}
 
-	IdemStoreOpen(&store, &cache->oids, true, false);
-	if (IdemProbeLive(&store, &key, now, &rec))
-		ResultFromRecord(&rec, fp, &res);
-	else if (!IdemLockAndProbe(&store, &key, wait, now, "idem_begin()", &rec, &live, &stale))
-		ResultStatusOnly("in_progress", &res);
-	else if (live)
-		ResultFromRecord(&rec, fp, &res);
-	else
-	{
-		IdemOpenKeyAdd(&key, fp, now, expires_at, stale);
-		memset(&res, 0, sizeof(res));
-		res.status = "started";
-		res.code_isnull = true;
-		res.created_at = now;
-		res.expires_at = expires_at;
-	}
-	IdemStoreClose(&store);
-
+	StartKey(&cache->oids, &key, fp, now, expires_at, wait, "idem_begin()", &res);
 	CountBeginResult(&res);
 	IdemStatsCallEnd(&timer);
 	return MakeResultDatum(cache, &res);
@@ -329,6 +342,34 @@ RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
 }
 
 /*
+ * Write the completed record of a key this transaction began, and let its
+ * lock go: the record, not yet committed, holds off every other writer
+ * from now on.  Its times are the begin's; they go to *rec_out if asked.
+ */
+static void
+FinishBegunKey(IdemStore *store, const IdemKey *key, IdemOpenKey *open,
+			   int32 code, Datum body, Datum headers, Datum bytes,
+			   IdemRecord *rec_out)
+{
+	IdemRecord	rec;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.state = IDEM_STATE_COMPLETED;
+	rec.fingerprint = *IdemOpenKeyFingerprint(open);
+	IdemOpenKeyTimes(open, &rec.created_at, &rec.expires_at);
+	rec.response_code = code;
+	rec.response_body = body;
+	rec.response_headers = headers;
+	rec.response_bytes = bytes;
+	if (IdemOpenKeyReplaces(open))
+		IdemClearExpiredRecord(store, key, rec.created_at);
+	IdemStoreInsert(store, key, &rec);
+	IdemOpenKeyClose(open, key, IDEM_OPEN_FINISHED);
+	if (rec_out != NULL)
+		*rec_out = rec;
+}
+
+/*
  * idem_finish(key text, response_code int, response_body jsonb, scope text,
  *			   token uuid, response_headers jsonb, response_bytes bytea): the
  *			   token, for a leased key, is passed only from version 0.2.0's
@@ -347,18 +388,12 @@ idem_finish(PG_FUNCTION_ARGS)
 	Datum		bytes = (Datum) 0;
 	IdemOpenKey *open;
 	IdemStore	store;
-	IdemRecord	rec;
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 3, &key);
 	IdemRequireArg(fcinfo, 1, "response code");
 	code = PG_GETARG_INT32(1);
-	if (code < IDEM_MIN_RESPONSE_CODE || code > IDEM_MAX_RESPONSE_CODE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("response code %d is out of range", code),
-				 errdetail("Response codes are HTTP status codes, from %d to %d.",
-						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
+	IdemCheckResponseCode(code);
 	if (!PG_ARGISNULL(2))
 		body = PointerGetDatum(PG_GETARG_JSONB_P(2));
 	if (PG_NARGS() > 6)
@@ -383,24 +418,125 @@ idem_finish(PG_FUNCTION_ARGS)
 	{
 		open = RequireBegunKey(&store, &key, "finish");
 		PreventCommandIfReadOnly("idem_finish()");
-		memset(&rec, 0, sizeof(rec));
-		rec.state = IDEM_STATE_COMPLETED;
-		rec.fingerprint = *IdemOpenKeyFingerprint(open);
-		IdemOpenKeyTimes(open, &rec.created_at, &rec.expires_at);
-		rec.response_code = code;
-		rec.response_body = body;
-		rec.response_headers = headers;
-		rec.response_bytes = bytes;
-		if (IdemOpenKeyReplaces(open))
-			IdemClearExpiredRecord(&store, &key, rec.created_at);
-		IdemStoreInsert(&store, &key, &rec);
-		IdemOpenKeyClose(open, &key, IDEM_OPEN_FINISHED);
+		FinishBegunKey(&store, &key, open, code, body, headers, bytes, NULL);
 	}
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
 	IdemStatsCallEnd(&timer);
 	PG_RETURN_VOID();
+}
+
+/* Columns of the row idem_call returns. */
+#define CALL_RESULT_NATTS 7
+
+/* Build idem_call's row. */
+static Datum
+MakeCallResultDatum(IdemCallCache *cache, const IdemResult *res)
+{
+	Datum		values[CALL_RESULT_NATTS];
+	bool		nulls[CALL_RESULT_NATTS];
+
+	values[0] = CStringGetTextDatum(res->status);
+	nulls[0] = false;
+	values[1] = Int32GetDatum(res->response_code);
+	nulls[1] = res->code_isnull;
+	values[2] = res->response_body;
+	nulls[2] = (res->response_body == (Datum) 0);
+	values[3] = res->response_headers;
+	nulls[3] = (res->response_headers == (Datum) 0);
+	values[4] = res->response_bytes;
+	nulls[4] = (res->response_bytes == (Datum) 0);
+	values[5] = TimestampTzGetDatum(res->created_at);
+	nulls[5] = res->times_isnull;
+	values[6] = TimestampTzGetDatum(res->expires_at);
+	nulls[6] = res->times_isnull;
+	Assert(cache->result_desc->natts == CALL_RESULT_NATTS);
+	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
+}
+
+/*
+ * idem_call(key text, request jsonb, work regprocedure, scope text,
+ *			 ttl interval, wait bool): begin the key, run the application's
+ *			 work function on the request (idem_work.c) and finish the key
+ *			 with the response it returns, in one statement, so that a
+ *			 request made in autocommit costs one round trip.  A retry gets
+ *			 the stored response (replay) without running the work; every
+ *			 other outcome is idem_begin's.  An error the work raises
+ *			 rolls the key back with the work.
+ */
+Datum
+idem_call(PG_FUNCTION_ARGS)
+{
+	IdemCallTimer timer;
+	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemFingerprint fingerprint;
+	IdemKey		key;
+	TimestampTz expires_at;
+	bool		wait;
+	IdemWork   *work;
+	IdemWorkResponse response;
+	IdemOpenKey *open;
+	IdemStore	store;
+	IdemRecord	rec;
+	IdemResult	res;
+
+	IdemStatsCallStart(&timer);
+	IdemGetKeyArgs(fcinfo, 0, 3, &key);
+	IdemRequireArg(fcinfo, 2, "work");
+	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
+	IdemRequireArg(fcinfo, 5, "wait");
+	wait = PG_GETARG_BOOL(5);
+	IdemCheckNotOpen(&key, "begin");
+
+	/* a work function idem_call may not run changes nothing */
+	if (cache->extra == NULL)
+		cache->extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
+											  sizeof(IdemWork));
+	work = (IdemWork *) cache->extra;
+	IdemWorkPrepare(work, PG_GETARG_OID(2), fcinfo->flinfo->fn_oid,
+					fcinfo->flinfo->fn_mcxt);
+
+	fingerprint.isnull = PG_ARGISNULL(1);
+	fingerprint.kind = IDEM_FP_KIND_JSONB;
+	if (!fingerprint.isnull)
+		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fingerprint.bytes);
+
+	StartKey(&cache->oids, &key, &fingerprint, now, expires_at, wait,
+			 "idem_call()", &res);
+	CountBeginResult(&res);
+	if (strcmp(res.status, "started") != 0)
+	{
+		IdemStatsCallEnd(&timer);
+		return MakeCallResultDatum(cache, &res);
+	}
+
+	PreventCommandIfReadOnly("idem_call()");
+	IdemStatsCallPause(&timer);
+	IdemWorkRun(work, PG_GETARG_DATUM(1), PG_ARGISNULL(1), &response);
+	IdemStatsCallResume(&timer);
+
+	IdemStoreOpen(&store, &cache->oids, true, true);
+	open = IdemOpenKeyFind(&key);
+	if (open == NULL || IdemOpenKeyState(open) != IDEM_OPEN_BEGUN)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("work function %s finished or released idempotency key %s",
+						format_procedure(work->funcid), IdemKeyName(&key)),
+				 errhint("idem_call() finishes the key with the response the work returns; the work must leave it alone.")));
+	FinishBegunKey(&store, &key, open, response.code, response.body,
+				   response.headers, (Datum) 0, &rec);
+	IdemStoreClose(&store);
+	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
+
+	res.status = "done";
+	res.code_isnull = false;
+	res.response_code = response.code;
+	res.response_body = response.body;
+	res.response_headers = response.headers;
+	IdemStatsCallEnd(&timer);
+	return MakeCallResultDatum(cache, &res);
 }
 
 /*

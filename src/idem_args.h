@@ -17,6 +17,7 @@ typedef struct IdemCallCache
 {
 	IdemStoreOids oids;
 	TupleDesc	result_desc;	/* for functions returning a row */
+	void	   *extra;			/* the function's own, in fn_mcxt */
 } IdemCallCache;
 
 extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row);

@@ -17,7 +17,9 @@
 #include "access/tableam.h"
 #include "datatype/timestamp.h"
 #include "portability/instr_time.h"
+#include "catalog/pg_proc.h"
 #include "postmaster/bgworker.h"
+#include "utils/acl.h"
 
 #if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 200000
 #error "idempotency builds against PostgreSQL 15 to 19"
@@ -125,6 +127,19 @@ table_tuple_delete_compat(Relation rel, ItemPointer tid, CommandId cid,
 #else
 	return table_tuple_delete(rel, tid, cid, InvalidSnapshot, InvalidSnapshot,
 							  wait, tmfd, false);
+#endif
+}
+
+/*
+ * 16 folded the per-kind ACL checks into object_aclcheck.
+ */
+static inline AclResult
+proc_aclcheck_compat(Oid funcid, Oid roleid, AclMode mode)
+{
+#if PG16_GE
+	return object_aclcheck(ProcedureRelationId, funcid, roleid, mode);
+#else
+	return pg_proc_aclcheck(funcid, roleid, mode);
 #endif
 }
 

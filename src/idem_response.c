@@ -23,6 +23,18 @@
 
 #include "idem_response.h"
 
+/* Raise 22023 for a code that is not an HTTP status code. */
+void
+IdemCheckResponseCode(int32 code)
+{
+	if (code < IDEM_MIN_RESPONSE_CODE || code > IDEM_MAX_RESPONSE_CODE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("response code %d is out of range", code),
+				 errdetail("Response codes are HTTP status codes, from %d to %d.",
+						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
+}
+
 /* RFC 9110 section 5.6.2: tchar. */
 static bool
 IsTokenChar(unsigned char c)

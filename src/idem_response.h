@@ -14,6 +14,11 @@
  */
 #define IDEM_MAX_HEADERS_BYTES 16384
 
+/* Response codes are HTTP status codes (RFC 9110, section 15). */
+#define IDEM_MIN_RESPONSE_CODE 100
+#define IDEM_MAX_RESPONSE_CODE 599
+
+extern void IdemCheckResponseCode(int32 code);
 extern Datum IdemCheckResponseHeaders(Jsonb *headers);
 
 #endif							/* IDEM_RESPONSE_H */

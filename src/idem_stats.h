@@ -49,6 +49,7 @@ typedef struct IdemCallTimer
 {
 	bool		on;
 	instr_time	start;
+	instr_time	paused;			/* when IdemStatsCallPause stopped it */
 } IdemCallTimer;
 
 /* A wait for another transaction: always counted, and timed. */
@@ -74,6 +75,29 @@ IdemStatsCallStart(IdemCallTimer *timer)
 	timer->on = idem_track_timing && idem_track_stats;
 	if (timer->on)
 		INSTR_TIME_SET_CURRENT(timer->start);
+}
+
+/*
+ * Leave out of a call's time what it spends in the application's code
+ * (idem_call's work): call_time is the extension's cost.
+ */
+static inline void
+IdemStatsCallPause(IdemCallTimer *timer)
+{
+	if (timer->on)
+		INSTR_TIME_SET_CURRENT(timer->paused);
+}
+
+static inline void
+IdemStatsCallResume(IdemCallTimer *timer)
+{
+	instr_time	now;
+
+	if (!timer->on)
+		return;
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, timer->paused);
+	INSTR_TIME_ADD(timer->start, now);
 }
 
 #endif							/* IDEM_STATS_H */
