@@ -35,7 +35,7 @@ SELECT m.config, m.scenario, m.runs,
 WITH pairs(path, ext, base, target, note) AS (VALUES
         ('write',  'ext_write',  'base_write',       0.90, 'equivalent baseline (has expires_at index, like idem_keys)'),
         ('write',  'ext_write',  'base_write_noexp', 0.90, 'baseline without the expires_at index'),
-        ('replay', 'ext_replay', 'base_replay',      0.80, 'bare primary-key SELECT'),
+        ('replay', 'ext_replay', 'base_replay',      0.90, 'bare primary-key SELECT'),
         ('counters', 'ext_write', 'ext_write_nocount', 0.98, 'idem_stats counting on / off: costs at most 2%')),
      paired AS (
         SELECT p.ext, p.base, e.config,

@@ -20,6 +20,18 @@ RETURNS @extschema@.idem_response
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ROW(code, body, headers)::@extschema@.idem_response;
 
+-- The row idem_call returns, as a named type: the executor looks a named
+-- row type up in the type cache, where a function's OUT parameters are
+-- parsed into a new row type at the start of every statement.
+CREATE TYPE @extschema@.idem_call_result AS (
+    status pg_catalog.text,
+    response_code pg_catalog.int4,
+    response_body pg_catalog.jsonb,
+    response_headers pg_catalog.jsonb,
+    response_bytes pg_catalog.bytea,
+    created_at pg_catalog.timestamptz,
+    expires_at pg_catalog.timestamptz);
+
 -- Begin the key, run work(request) and finish the key with the response it
 -- returns, all in the caller's statement: in autocommit a whole request is
 -- one round trip and one transaction.  A retry is answered from the stored
@@ -30,15 +42,8 @@ CREATE FUNCTION @extschema@.idem_call(
     work pg_catalog.regprocedure,
     scope pg_catalog.text DEFAULT '',
     ttl pg_catalog.interval DEFAULT '24 hours',
-    wait pg_catalog.bool DEFAULT true,
-    OUT status pg_catalog.text,
-    OUT response_code pg_catalog.int4,
-    OUT response_body pg_catalog.jsonb,
-    OUT response_headers pg_catalog.jsonb,
-    OUT response_bytes pg_catalog.bytea,
-    OUT created_at pg_catalog.timestamptz,
-    OUT expires_at pg_catalog.timestamptz)
-RETURNS record
+    wait pg_catalog.bool DEFAULT true)
+RETURNS @extschema@.idem_call_result
 AS 'MODULE_PATHNAME', 'idem_call'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
@@ -83,3 +88,98 @@ BEGIN
        AND i.objsubid OPERATOR(pg_catalog.=) 0;
 END
 $copy_acl$;
+
+-- idem_begin returns the same five columns as a named row type, for the
+-- same reason as idem_call (a replay is a few microseconds, and building
+-- its row type was a twentieth of them).  A function's result type cannot
+-- change in place, so the three variants are made again, each keeping the
+-- privileges granted or revoked on it since the install and a fresh
+-- install's initial privileges (pg_init_privs), as 0.4.0 did for
+-- idem_finish.  An object of the user's that depends on one of them (a
+-- view, a SQL-standard function body) makes the update fail, rather than
+-- be dropped with it: DROP without CASCADE.  Code that calls them (SELECT *
+-- FROM idem_begin(...), RETURN QUERY, a row variable) sees the same
+-- columns.
+CREATE TYPE @extschema@.idem_begin_result AS (
+    status pg_catalog.text,
+    response_code pg_catalog.int4,
+    response_body pg_catalog.jsonb,
+    created_at pg_catalog.timestamptz,
+    expires_at pg_catalog.timestamptz);
+
+DO LANGUAGE plpgsql $remake$
+DECLARE
+    v record;
+    sig pg_catalog.text;
+    old_acl pg_catalog.aclitem[];
+    new_acl pg_catalog.aclitem[];
+    fresh_init pg_catalog.aclitem[];
+    new_oid pg_catalog.oid;
+    owner_oid pg_catalog.oid;
+    g record;
+BEGIN
+    FOR v IN
+        SELECT * FROM (VALUES
+            ('jsonb', 'idem_begin_jsonb', ' DEFAULT NULL'),
+            ('text', 'idem_begin_text', ''),
+            ('bytea', 'idem_begin_bytea', '')
+        ) t(request_type, symbol, request_default)
+    LOOP
+        sig := pg_catalog.format('@extschema@.idem_begin(pg_catalog.text, pg_catalog.%s, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)',
+                                 v.request_type);
+        SELECT p.proacl INTO old_acl FROM pg_catalog.pg_proc p
+         WHERE p.oid OPERATOR(pg_catalog.=) sig::pg_catalog.regprocedure;
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', sig);
+        EXECUTE pg_catalog.format($sql$
+CREATE FUNCTION @extschema@.idem_begin(
+    key pg_catalog.text,
+    request pg_catalog.%s%s,
+    scope pg_catalog.text DEFAULT '',
+    ttl pg_catalog.interval DEFAULT '24 hours',
+    wait pg_catalog.bool DEFAULT true)
+RETURNS @extschema@.idem_begin_result
+AS 'MODULE_PATHNAME', %L
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+$sql$, v.request_type, v.request_default, v.symbol);
+
+        new_oid := sig::pg_catalog.regprocedure;
+        SELECT p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
+          INTO owner_oid, new_acl
+          FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) new_oid;
+        SELECT i.initprivs INTO fresh_init FROM pg_catalog.pg_init_privs i
+         WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+           AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND i.objsubid OPERATOR(pg_catalog.=) 0;
+
+        IF old_acl IS NOT NULL THEN
+            FOR g IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(new_acl) a
+                      WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+            LOOP
+                EXECUTE pg_catalog.format('REVOKE %s ON FUNCTION %s FROM %s', g.privilege_type, sig,
+                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
+            END LOOP;
+            FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
+                      WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+            LOOP
+                EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, sig,
+                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+                    CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+        END IF;
+
+        IF fresh_init IS NULL THEN
+            DELETE FROM pg_catalog.pg_init_privs i
+             WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+               AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+               AND i.objsubid OPERATOR(pg_catalog.=) 0;
+        ELSE
+            UPDATE pg_catalog.pg_init_privs i SET initprivs = fresh_init
+             WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+               AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+               AND i.objsubid OPERATOR(pg_catalog.=) 0;
+        END IF;
+    END LOOP;
+END
+$remake$;

@@ -12,10 +12,91 @@
 
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "idem_args.h"
 #include "idem_compat.h"
+
+/*
+ * The row type of each function returning a row, built once per backend:
+ * building it from pg_proc's OUT parameters and blessing it took a
+ * twentieth of a replay (issue #12).  A change to the function's pg_proc
+ * row has it checked again.  Entries live in CacheMemoryContext.
+ */
+typedef struct ResultDescEntry
+{
+	Oid			fn_oid;			/* hash key */
+	uint32		hashvalue;		/* of its PROCOID syscache entry */
+	bool		valid;
+	TupleDesc	desc;
+} ResultDescEntry;
+
+static HTAB *result_descs = NULL;
+
+static void
+ForgetResultDescs(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	ResultDescEntry *entry;
+
+	hash_seq_init(&status, result_descs);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (hashvalue == 0 || entry->hashvalue == hashvalue)
+			entry->valid = false;
+	}
+}
+
+static TupleDesc
+GetResultDesc(FunctionCallInfo fcinfo)
+{
+	Oid			fn_oid = fcinfo->flinfo->fn_oid;
+	ResultDescEntry *entry;
+	bool		found;
+	TupleDesc	desc;
+	MemoryContext oldcxt;
+
+	if (result_descs == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ResultDescEntry);
+		ctl.hcxt = CacheMemoryContext;
+		result_descs = hash_create("idempotency result types", 32, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterSyscacheCallback(PROCOID, ForgetResultDescs, (Datum) 0);
+	}
+	entry = hash_search(result_descs, &fn_oid, HASH_ENTER, &found);
+	if (found && entry->valid)
+		return entry->desc;
+	if (!found)
+		entry->desc = NULL;
+	entry->valid = false;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	/*
+	 * Most invalidations change nothing of the row type (any change to the
+	 * pg_proc row, or a reset of every cache): keep the one built before.
+	 * One that did change may still be in a call site of the statement
+	 * under way, so it is left, not freed; that takes an update of the
+	 * extension that redefines the function.
+	 */
+	if (entry->desc == NULL || !equalTupleDescs(entry->desc, desc))
+	{
+		oldcxt = MemoryContextSwitchTo(CacheMemoryContext);
+		entry->desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		MemoryContextSwitchTo(oldcxt);
+	}
+	entry->hashvalue = GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(fn_oid));
+	entry->valid = true;
+	return entry->desc;
+}
 
 /* The call site's cache, built on first use. */
 IdemCallCache *
@@ -25,19 +106,11 @@ IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
 
 	if (cache == NULL)
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		cache = palloc0(sizeof(IdemCallCache));
+		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
+									   sizeof(IdemCallCache));
 		IdemStoreResolve(fcinfo, &cache->oids);
 		if (returns_row)
-		{
-			TupleDesc	desc;
-
-			if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-				elog(ERROR, "return type must be a row type");
-			cache->result_desc = BlessTupleDesc(CreateTupleDescCopy(desc));
-		}
-		MemoryContextSwitchTo(oldcxt);
+			cache->result_desc = GetResultDesc(fcinfo);
 		fcinfo->flinfo->fn_extra = cache;
 	}
 	return cache;

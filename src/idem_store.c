@@ -38,6 +38,7 @@
 #include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -195,12 +196,66 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 }
 
 /*
+ * The store last resolved in this backend, so that a statement does not
+ * look its five relations up by name again (issue #12: on the replay path
+ * that was a tenth of the call).  A relcache invalidation of any of them,
+ * or of all relations, forgets it: dropping, renaming or creating an index
+ * on idem_keys sends one, so a name that now means another relation is
+ * looked up again before the next call uses it.
+ */
+static struct
+{
+	bool		valid;
+	uint64		invalidations;	/* counted, for a lookup that one overtook */
+	Oid			nspid;
+	IdemStoreOids oids;
+} resolved_store;
+
+static void
+ForgetResolvedStore(Datum arg, Oid relid)
+{
+	const IdemStoreOids *o = &resolved_store.oids;
+
+	/* while a lookup is under way (!valid), every invalidation counts */
+	if (!resolved_store.valid || !OidIsValid(relid) ||
+		relid == o->heap || relid == o->pkey ||
+		relid == o->expiry || relid == o->leases || relid == o->failures)
+	{
+		resolved_store.valid = false;
+		resolved_store.invalidations++;
+	}
+}
+
+/*
  * Find the store's relations in the schema of the SQL function being called.
  */
 void
 IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 {
-	ResolveInSchema(get_func_namespace(fcinfo->flinfo->fn_oid), oids);
+	static bool callback_registered = false;
+	Oid			nspid = get_func_namespace(fcinfo->flinfo->fn_oid);
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ForgetResolvedStore, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!resolved_store.valid || resolved_store.nspid != nspid)
+	{
+		uint64		before = resolved_store.invalidations;
+
+		resolved_store.valid = false;
+		ResolveInSchema(nspid, oids);
+		/* keep it only if no invalidation came in while we looked */
+		if (resolved_store.invalidations == before)
+		{
+			resolved_store.oids = *oids;
+			resolved_store.nspid = nspid;
+			resolved_store.valid = true;
+		}
+		return;
+	}
+	*oids = resolved_store.oids;
 }
 
 /*

@@ -69,10 +69,16 @@ FROM idem_lease_full('job-1', '{"n": 1}'::jsonb);
 -- idem_begin of before 0.4.0 returns its five columns, whatever was stored
 SELECT * FROM idem_begin('pay-1', '{"amount": 5}'::jsonb) \gset plain_
 SELECT :'plain_status' AS status, :'plain_response_code' AS response_code, :'plain_response_body' AS response_body;
+-- (OUT parameters, or from 0.5.0 on for idem_begin the named row type
+-- idem_begin_result: the same columns either way)
 SELECT p.oid::regprocedure AS function,
-       (SELECT string_agg(u.name, ', ' ORDER BY u.i)
-          FROM unnest(p.proargnames, p.proargmodes) WITH ORDINALITY u(name, mode, i)
-         WHERE u.mode = 'o') AS returns
+       COALESCE(
+         (SELECT string_agg(a.attname, ', ' ORDER BY a.attnum)
+            FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+           WHERE t.oid = p.prorettype AND a.attnum > 0 AND NOT a.attisdropped),
+         (SELECT string_agg(u.name, ', ' ORDER BY u.i)
+            FROM unnest(p.proargnames, p.proargmodes) WITH ORDINALITY u(name, mode, i)
+           WHERE u.mode = 'o')) AS returns
 FROM pg_proc p
 WHERE p.proname IN ('idem_begin', 'idem_lookup', 'idem_lease', 'idem_begin_full', 'idem_lookup_full', 'idem_lease_full')
 ORDER BY p.oid::regprocedure::text COLLATE "C";
