@@ -144,6 +144,11 @@ CREATE FUNCTION releases_itself(req jsonb) RETURNS idem_response LANGUAGE sql AS
   SELECT idem_release('c-10'); SELECT idem_response(200) $$;
 CREATE FUNCTION calls_itself(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
   SELECT (idem_call('c-10', req, 'pay(jsonb)')).response_code, NULL::jsonb, NULL::jsonb $$;
+-- a type of the same name and shape in another schema is not the extension's
+CREATE SCHEMA call_fake;
+CREATE TYPE call_fake.idem_response AS (response_code int4, response_body jsonb, response_headers jsonb);
+CREATE FUNCTION call_fake.work(req jsonb) RETURNS call_fake.idem_response LANGUAGE sql AS $$
+  SELECT ROW(200, NULL, NULL)::call_fake.idem_response $$;
 SELECT keys_state() AS before \gset
 SELECT n, try(stmt) FROM (VALUES
   (1, $$SELECT status FROM idem_call(NULL, '{}', 'pay(jsonb)')$$),
@@ -170,7 +175,8 @@ SELECT n, try(stmt) FROM (VALUES
   (22, $$SELECT status FROM idem_call('c-10', '{}', 'headers_not_object(jsonb)')$$),
   (23, $$SELECT status FROM idem_call('c-10', '{}', 'finishes_itself(jsonb)')$$),
   (24, $$SELECT status FROM idem_call('c-10', '{}', 'releases_itself(jsonb)')$$),
-  (25, $$SELECT status FROM idem_call('c-10', '{"amount": 1}', 'calls_itself(jsonb)')$$)
+  (25, $$SELECT status FROM idem_call('c-10', '{"amount": 1}', 'calls_itself(jsonb)')$$),
+  (26, $$SELECT status FROM idem_call('c-10', '{}', 'call_fake.work(jsonb)')$$)
 ) t(n, stmt) ORDER BY n;
 SELECT keys_state() = :'before' AS unchanged;
 SELECT count(*) AS payments FROM call_payments;
@@ -223,6 +229,7 @@ DROP FUNCTION pay(jsonb), no_body(jsonb), strict_work(jsonb), not_a_response(jso
   two_args(jsonb, int), text_arg(text), many(jsonb), returns_null(jsonb), no_code(jsonb),
   bad_code(jsonb), bad_headers(jsonb), headers_not_object(jsonb), finishes_itself(jsonb),
   releases_itself(jsonb), calls_itself(jsonb);
+DROP SCHEMA call_fake CASCADE;
 DROP PROCEDURE proc_work(jsonb);
 DROP AGGREGATE agg_work(jsonb);
 DROP TABLE call_payments;

@@ -469,6 +469,77 @@ DROP ROLE regress_idem_app; DROP ROLE regress_idem_mon; DROP ROLE regress_idem_o
 	};
 }
 
+# 0.5.0 makes the three idem_begin variants again (a named row type for the
+# same columns) and adds idem_call, which serves requests as idem_begin does:
+# grants and revokes on each variant stay, idem_call takes the jsonb
+# variant's, and their initial privileges are a fresh install's, through
+# pg_dump and a restore too.  A view of the user's over idem_begin makes the
+# update fail and change nothing.
+if ($available{'0.4.0'} && $available{'0.5.0'})
+{
+	subtest 'update to 0.5.0 keeps the privileges of idem_begin and gives them to idem_call' => sub {
+		my $acl = q{
+SELECT format('begin jsonb public=%s app=%s / begin text public=%s / begin bytea public=%s app=%s / call public=%s app=%s',
+              has_function_privilege('public', 'idem_begin(text,jsonb,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_begin(text,jsonb,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_begin(text,text,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_begin(text,bytea,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_begin(text,bytea,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('public', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('regress_idem_app', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'))};
+		my $want = 'begin jsonb public=f app=t / begin text public=t / begin bytea public=f app=f'
+		  . ' / call public=f app=t';
+		my $init = q{
+SELECT string_agg(pg_describe_object(classoid, objoid, objsubid) || ' ' || initprivs::text, ' / '
+                  ORDER BY pg_describe_object(classoid, objoid, objsubid))
+FROM pg_init_privs
+WHERE classoid = 'pg_proc'::regclass
+  AND objoid IN (SELECT oid FROM pg_proc WHERE proname IN ('idem_begin', 'idem_call'))};
+		my $db = 'acl_0_5_0';
+		$node->safe_psql('postgres', qq{CREATE ROLE regress_idem_app; CREATE DATABASE $db});
+		$node->safe_psql($db, q{
+CREATE EXTENSION idempotency VERSION '0.4.0';
+REVOKE EXECUTE ON FUNCTION idem_begin(text, jsonb, text, interval, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idem_begin(text, jsonb, text, interval, boolean) TO regress_idem_app;
+REVOKE EXECUTE ON FUNCTION idem_begin(text, bytea, text, interval, boolean) FROM PUBLIC;
+CREATE VIEW my_begin AS SELECT status FROM idem_begin('k', '{}'::jsonb);});
+
+		my ($ret, $out, $err) = $node->psql($db, q{ALTER EXTENSION idempotency UPDATE TO '0.5.0'});
+		isnt($ret, 0, 'the update fails while a view depends on idem_begin');
+		like($err, qr/cannot drop function idem_begin\(.*\) because other objects depend on it/,
+			'and says which object is in the way');
+		is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
+			'0.4.0', 'the extension is still at 0.4.0');
+
+		$node->safe_psql($db, q{DROP VIEW my_begin; ALTER EXTENSION idempotency UPDATE TO '0.5.0'});
+		is($node->safe_psql($db, $acl), $want, 'after the update the grants and revokes stay, and idem_call follows idem_begin');
+		is($node->safe_psql($db, $init), $node->safe_psql('fresh', $init),
+			'their initial privileges are a fresh install\'s');
+		is( $node->safe_psql(
+				$db, q{
+SELECT pg_get_function_result('idem_begin(text,jsonb,text,interval,boolean)'::regprocedure)
+       || ' ' || (SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+                   WHERE attrelid = 'idem_begin_result'::regclass AND attnum > 0)}),
+			'idem_begin_result status,response_code,response_body,created_at,expires_at',
+			'idem_begin returns the same five columns');
+		my ($r2, $o2, $e2) = $node->psql($db, q{
+CREATE TABLE t (n int);
+GRANT INSERT ON t TO regress_idem_app;
+CREATE FUNCTION w(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  INSERT INTO t VALUES (1); SELECT idem_response(201, req) $$;
+SET ROLE regress_idem_app;
+SELECT status FROM idem_call('k', '{"a": 1}', 'w(jsonb)');
+SELECT status FROM idem_begin('k', '{"a": 1}'::jsonb);});
+		is($r2, 0, 'the granted role calls idem_call and idem_begin') or diag $e2;
+		is($o2, "done\nreplay", 'and they share the key');
+
+		dump_and_restore($db, 'acl_0_5_0_restored');
+		is($node->safe_psql('acl_0_5_0_restored', $acl), $want, 'after pg_dump and a restore too');
+		$node->safe_psql('postgres', qq{
+DROP DATABASE $db; DROP DATABASE acl_0_5_0_restored; DROP ROLE regress_idem_app});
+	};
+}
+
 cmp_ok($tested, '>', 0, 'at least one version tested');
 if (@base == 1 && $base[0] eq $default)
 {
