@@ -98,6 +98,18 @@ SELECT status, response_code FROM idem_call('c-7', '{"amount": 4}', 'pay(jsonb)'
 ROLLBACK;
 SELECT status FROM idem_lookup('c-7');
 
+-- a record is stored without its trailing NULL columns: a completed key
+-- without headers has eight attributes and a 24-byte header, one with
+-- headers fifteen (pageinspect: the tuples as they are on the page)
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pageinspect;
+RESET client_min_messages;
+SELECT k.key, i.t_infomask2 & 2047 AS natts, i.t_hoff
+FROM idem_keys k,
+     heap_page_items(get_raw_page('idem_keys', (k.ctid::text::point)[0]::int)) i
+WHERE k.key IN ('c-1', 'c-3', 'c-4') AND k.scope = '' AND i.lp = (k.ctid::text::point)[1]::int
+ORDER BY k.key;
+
 -- scope, ttl and wait are idem_begin's
 SELECT status, expires_at = now() + interval '1 hour' AS ttl
 FROM idem_call('c-1', '{"amount": 5}', 'pay(jsonb)', scope => 'tenant-2', ttl => '1 hour');
@@ -230,6 +242,7 @@ DROP FUNCTION pay(jsonb), no_body(jsonb), strict_work(jsonb), not_a_response(jso
   bad_code(jsonb), bad_headers(jsonb), headers_not_object(jsonb), finishes_itself(jsonb),
   releases_itself(jsonb), calls_itself(jsonb);
 DROP SCHEMA call_fake CASCADE;
+DROP EXTENSION pageinspect;
 DROP PROCEDURE proc_work(jsonb);
 DROP AGGREGATE agg_work(jsonb);
 DROP TABLE call_payments;
