@@ -46,48 +46,10 @@ CREATE FUNCTION @extschema@.idem_call(
 RETURNS @extschema@.idem_call_result
 AS 'MODULE_PATHNAME', 'idem_call'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
+-- It serves requests as idem_begin does, and takes the jsonb idem_begin's
+-- privileges (below, where idem_begin is made again): an installation that
+-- locked its request functions down stays locked down.
 
--- idem_call serves requests as idem_begin does: it takes idem_begin's
--- privileges, so an installation that locked its request functions down
--- stays locked down (as 0.4.0 did for its new request functions).
-DO LANGUAGE plpgsql $copy_acl$
-DECLARE
-    new_fn pg_catalog.regprocedure := '@extschema@.idem_call(pg_catalog.text, pg_catalog.jsonb, pg_catalog.regprocedure, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)';
-    old_fn pg_catalog.regprocedure := '@extschema@.idem_begin(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)';
-    old_acl pg_catalog.aclitem[];
-    new_acl pg_catalog.aclitem[];
-    owner_oid pg_catalog.oid;
-    g record;
-BEGIN
-    SELECT p.proacl INTO old_acl FROM pg_catalog.pg_proc p
-     WHERE p.oid OPERATOR(pg_catalog.=) old_fn;
-    IF old_acl IS NULL THEN
-        RETURN;			-- the default, PUBLIC's: as the new one's
-    END IF;
-    SELECT p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
-      INTO owner_oid, new_acl
-      FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) new_fn;
-    FOR g IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(new_acl) a
-              WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
-    LOOP
-        EXECUTE pg_catalog.format('REVOKE %s ON FUNCTION %s FROM %s', g.privilege_type, new_fn,
-            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
-    END LOOP;
-    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
-              WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
-    LOOP
-        EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, new_fn,
-            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
-            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-    DELETE FROM pg_catalog.pg_init_privs i
-     WHERE i.objoid OPERATOR(pg_catalog.=) new_fn
-       AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-       AND i.objsubid OPERATOR(pg_catalog.=) 0;
-END
-$copy_acl$;
 
 -- idem_begin returns the same five columns as a named row type, for the
 -- same reason as idem_call (a replay is a few microseconds, and building
@@ -111,6 +73,8 @@ DO LANGUAGE plpgsql $remake$
 DECLARE
     v record;
     sig pg_catalog.text;
+    call_sig pg_catalog.text := '@extschema@.idem_call(pg_catalog.text, pg_catalog.jsonb, pg_catalog.regprocedure, pg_catalog.text, pg_catalog.interval, pg_catalog.bool)';
+    target pg_catalog.text;
     old_acl pg_catalog.aclitem[];
     new_acl pg_catalog.aclitem[];
     fresh_init pg_catalog.aclitem[];
@@ -142,44 +106,53 @@ AS 'MODULE_PATHNAME', %L
 LANGUAGE C VOLATILE PARALLEL UNSAFE
 $sql$, v.request_type, v.request_default, v.symbol);
 
-        new_oid := sig::pg_catalog.regprocedure;
-        SELECT p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
-          INTO owner_oid, new_acl
-          FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) new_oid;
+        -- a fresh install's initial privileges of the new one, before the
+        -- old privileges are granted (in this script, they would be recorded)
         SELECT i.initprivs INTO fresh_init FROM pg_catalog.pg_init_privs i
-         WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+         WHERE i.objoid OPERATOR(pg_catalog.=) sig::pg_catalog.regprocedure
            AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND i.objsubid OPERATOR(pg_catalog.=) 0;
 
-        IF old_acl IS NOT NULL THEN
-            FOR g IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(new_acl) a
-                      WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
-            LOOP
-                EXECUTE pg_catalog.format('REVOKE %s ON FUNCTION %s FROM %s', g.privilege_type, sig,
-                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
-            END LOOP;
-            FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
-                      WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
-            LOOP
-                EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, sig,
-                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
-                    CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-            END LOOP;
-        END IF;
-
-        IF fresh_init IS NULL THEN
-            DELETE FROM pg_catalog.pg_init_privs i
-             WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
-               AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-               AND i.objsubid OPERATOR(pg_catalog.=) 0;
-        ELSE
-            UPDATE pg_catalog.pg_init_privs i SET initprivs = fresh_init
-             WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
-               AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-               AND i.objsubid OPERATOR(pg_catalog.=) 0;
-        END IF;
+        -- the old privileges, if not the default, go to the new function,
+        -- and the jsonb variant's to idem_call too (it has no initial
+        -- privileges, as a fresh install's new functions have none)
+        FOREACH target IN ARRAY CASE WHEN v.request_type OPERATOR(pg_catalog.=) 'jsonb'
+                                     THEN ARRAY[sig, call_sig] ELSE ARRAY[sig] END
+        LOOP
+            IF old_acl IS NOT NULL THEN
+                SELECT p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
+                  INTO owner_oid, new_acl
+                  FROM pg_catalog.pg_proc p
+                 WHERE p.oid OPERATOR(pg_catalog.=) target::pg_catalog.regprocedure;
+                FOR g IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(new_acl) a
+                          WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+                LOOP
+                    EXECUTE pg_catalog.format('REVOKE %s ON FUNCTION %s FROM %s', g.privilege_type, target,
+                        CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END);
+                END LOOP;
+                FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
+                          WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+                LOOP
+                    EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, target,
+                        CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+                        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+                END LOOP;
+            END IF;
+            new_oid := target::pg_catalog.regprocedure;
+            IF target OPERATOR(pg_catalog.<>) sig OR fresh_init IS NULL THEN
+                DELETE FROM pg_catalog.pg_init_privs i
+                 WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+                   AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   AND i.objsubid OPERATOR(pg_catalog.=) 0;
+            ELSE
+                UPDATE pg_catalog.pg_init_privs i SET initprivs = fresh_init
+                 WHERE i.objoid OPERATOR(pg_catalog.=) new_oid
+                   AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   AND i.objsubid OPERATOR(pg_catalog.=) 0;
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $remake$;

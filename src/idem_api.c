@@ -177,34 +177,67 @@ CountBeginResult(const IdemResult *res)
 	IdemStatsAdd(kind, 1);
 }
 
-/* Build the returned row. */
-static Datum
-MakeResultDatum(IdemCallCache *cache, const IdemResult *res)
+/*
+ * Every column a result row may have, in the order of idem_begin_full's
+ * row; each function's row takes some of them (ResultColumns).
+ */
+enum
 {
+	COL_STATUS, COL_CODE, COL_BODY, COL_CREATED, COL_EXPIRES, COL_HEADERS,
+	COL_BYTES, COL_ATTEMPTS, COL_LAST_ERROR, NCOLS
+};
+
+/* Which columns idem_begin's and idem_lookup's rows have, and idem_call's. */
+static const int begin_columns[RESULT_NATTS] = {
+	COL_STATUS, COL_CODE, COL_BODY, COL_CREATED, COL_EXPIRES,
+	/* from 0.4.0 */
+	COL_HEADERS, COL_BYTES, COL_ATTEMPTS, COL_LAST_ERROR
+};
+#define CALL_RESULT_NATTS 7
+static const int call_columns[CALL_RESULT_NATTS] = {
+	COL_STATUS, COL_CODE, COL_BODY, COL_HEADERS, COL_BYTES, COL_CREATED, COL_EXPIRES
+};
+
+/*
+ * Build the returned row: as many of the given columns as the installed
+ * SQL declares (idem_begin's 5 before 0.4.0).
+ */
+static Datum
+MakeResultDatum(IdemCallCache *cache, const IdemResult *res,
+				const int *columns)
+{
+	Datum		all[NCOLS];
+	bool		allnulls[NCOLS];
 	Datum		values[RESULT_NATTS];
 	bool		nulls[RESULT_NATTS];
+	int			natts = cache->result_desc->natts;
 
-	values[0] = CStringGetTextDatum(res->status);
-	nulls[0] = false;
-	values[1] = Int32GetDatum(res->response_code);
-	nulls[1] = res->code_isnull;
-	values[2] = res->response_body;
-	nulls[2] = (res->response_body == (Datum) 0);
-	values[3] = TimestampTzGetDatum(res->created_at);
-	nulls[3] = res->times_isnull;
-	values[4] = TimestampTzGetDatum(res->expires_at);
-	nulls[4] = res->times_isnull;
-	/* the columns the installed SQL declares (5 before 0.4.0) */
-	values[5] = res->response_headers;
-	nulls[5] = (res->response_headers == (Datum) 0);
-	values[6] = res->response_bytes;
-	nulls[6] = (res->response_bytes == (Datum) 0);
-	values[7] = Int32GetDatum(res->attempts);
-	nulls[7] = (res->attempts == 0);
-	values[8] = PointerGetDatum(res->last_error);
-	nulls[8] = (res->last_error == NULL);
-	Assert(cache->result_desc->natts == RESULT_NATTS ||
-		   cache->result_desc->natts == RESULT_NATTS_0_3);
+	all[COL_STATUS] = CStringGetTextDatum(res->status);
+	allnulls[COL_STATUS] = false;
+	all[COL_CODE] = Int32GetDatum(res->response_code);
+	allnulls[COL_CODE] = res->code_isnull;
+	all[COL_BODY] = res->response_body;
+	allnulls[COL_BODY] = (res->response_body == (Datum) 0);
+	all[COL_CREATED] = TimestampTzGetDatum(res->created_at);
+	allnulls[COL_CREATED] = res->times_isnull;
+	all[COL_EXPIRES] = TimestampTzGetDatum(res->expires_at);
+	allnulls[COL_EXPIRES] = res->times_isnull;
+	all[COL_HEADERS] = res->response_headers;
+	allnulls[COL_HEADERS] = (res->response_headers == (Datum) 0);
+	all[COL_BYTES] = res->response_bytes;
+	allnulls[COL_BYTES] = (res->response_bytes == (Datum) 0);
+	all[COL_ATTEMPTS] = Int32GetDatum(res->attempts);
+	allnulls[COL_ATTEMPTS] = (res->attempts == 0);
+	all[COL_LAST_ERROR] = PointerGetDatum(res->last_error);
+	allnulls[COL_LAST_ERROR] = (res->last_error == NULL);
+
+	Assert(columns == call_columns ? natts == CALL_RESULT_NATTS :
+		   (natts == RESULT_NATTS || natts == RESULT_NATTS_0_3));
+	for (int i = 0; i < natts; i++)
+	{
+		values[i] = all[columns[i]];
+		nulls[i] = allnulls[columns[i]];
+	}
 	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
 }
 
@@ -291,7 +324,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	StartKey(&cache->oids, &key, fp, now, expires_at, wait, "idem_begin()", &res);
 	CountBeginResult(&res);
 	IdemStatsCallEnd(&timer);
-	return MakeResultDatum(cache, &res);
+	return MakeResultDatum(cache, &res, begin_columns);
 }
 
 /*
@@ -427,34 +460,6 @@ idem_finish(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Columns of the row idem_call returns. */
-#define CALL_RESULT_NATTS 7
-
-/* Build idem_call's row. */
-static Datum
-MakeCallResultDatum(IdemCallCache *cache, const IdemResult *res)
-{
-	Datum		values[CALL_RESULT_NATTS];
-	bool		nulls[CALL_RESULT_NATTS];
-
-	values[0] = CStringGetTextDatum(res->status);
-	nulls[0] = false;
-	values[1] = Int32GetDatum(res->response_code);
-	nulls[1] = res->code_isnull;
-	values[2] = res->response_body;
-	nulls[2] = (res->response_body == (Datum) 0);
-	values[3] = res->response_headers;
-	nulls[3] = (res->response_headers == (Datum) 0);
-	values[4] = res->response_bytes;
-	nulls[4] = (res->response_bytes == (Datum) 0);
-	values[5] = TimestampTzGetDatum(res->created_at);
-	nulls[5] = res->times_isnull;
-	values[6] = TimestampTzGetDatum(res->expires_at);
-	nulls[6] = res->times_isnull;
-	Assert(cache->result_desc->natts == CALL_RESULT_NATTS);
-	return HeapTupleGetDatum(heap_form_tuple(cache->result_desc, values, nulls));
-}
-
 /*
  * idem_call(key text, request jsonb, work regprocedure, scope text,
  *			 ttl interval, wait bool): begin the key, run the application's
@@ -509,7 +514,7 @@ idem_call(PG_FUNCTION_ARGS)
 	if (strcmp(res.status, "started") != 0)
 	{
 		IdemStatsCallEnd(&timer);
-		return MakeCallResultDatum(cache, &res);
+		return MakeResultDatum(cache, &res, call_columns);
 	}
 
 	PreventCommandIfReadOnly("idem_call()");
@@ -536,7 +541,7 @@ idem_call(PG_FUNCTION_ARGS)
 	res.response_body = response.body;
 	res.response_headers = response.headers;
 	IdemStatsCallEnd(&timer);
-	return MakeCallResultDatum(cache, &res);
+	return MakeResultDatum(cache, &res, call_columns);
 }
 
 /*
@@ -638,7 +643,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	IdemStoreClose(&store);
 
 	IdemStatsCallEnd(&timer);
-	return MakeResultDatum(cache, &res);
+	return MakeResultDatum(cache, &res, begin_columns);
 }
 
 /* Return a fingerprint as a bytea. */

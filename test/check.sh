@@ -80,11 +80,11 @@ step "PostgreSQL 15: pg_regress, isolation and TAP suites" installcheck
 step "PostgreSQL 15: example clients" bash examples/run-tests.sh
 if [ -z "${SKIP_VALGRIND:-}" ]; then
     # the lease specs too (their waits and takeovers run only under
-    # concurrency), and 0.4.0's batches, erasures and dead keys that wait
+    # concurrency), 0.4.0's batches, erasures and dead keys, and 0.5.0's idem_call, that wait
     # for each other; all specs (SPECS=all) add about 30 s more under memcheck
     lease_specs=$(cd test/specs && ls race_lease_*.spec | sed 's/\.spec$//' | tr '\n' ' ')
     step "PostgreSQL 15: regression suite under valgrind" \
-        env SPECS="$lease_specs race_batch race_erase race_dead" bash test/valgrind.sh
+        env SPECS="$lease_specs race_batch race_erase race_dead race_call" bash test/valgrind.sh
 fi
 step "Debian package: build, install, autopkgtest" bash test/deb.sh
 step "PGXN distribution" bash test/dist.sh
