@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # End-to-end test of the libpq example; run by examples/run-tests.sh with
 # PGHOST/PGPORT/PGUSER/PGDATABASE set.  Runs 8 copies of idem_worker at once on
-# the same keys under SERIALIZABLE and checks that each key did its work once
-# and that every copy got the same answer for it.
+# the same keys (under SERIALIZABLE, with wait => false, pipelined under READ
+# COMMITTED and SERIALIZABLE) and checks that each key did its work once and that
+# every copy got the same answer for it.
 set -euo pipefail
 cd "$(dirname "$0")"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 make -s BIN="$tmp/idem_worker"
 export PGOPTIONS='-c statement_timeout=10s -c lock_timeout=10s -c client_min_messages=warning'
+SERIALIZABLE='-c default_transaction_isolation=serializable'
 PROCS=8
 passed=0 failed=0
 declare -A retries  # retries[ROUND.KIND], summed over the workers of a round
@@ -19,9 +21,8 @@ check() {  # check NAME COMMAND...
 }
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
 
-sql "DROP TABLE IF EXISTS orders;
-     CREATE TABLE orders (id serial PRIMARY KEY, key text NOT NULL, worker int NOT NULL,
-                          amount int NOT NULL)"   # no UNIQUE (key): the extension alone must do it
+sql "DROP TABLE IF EXISTS orders"
+psql -X -q -v ON_ERROR_STOP=1 -f schema.sql   # orders (no UNIQUE (key)) and create_order(jsonb)
 
 # round NAME OPTIONS KEYS: PROCS workers at once; their outputs in $tmp/NAME.*
 round() {
@@ -44,7 +45,7 @@ round() {
     check "$name: all workers printed the same response per key" \
         test "$(wc -l <"$tmp/$name.answers")" -eq "$nkeys"
     check "$name: exactly one worker did the work per key" \
-        test "$(grep -c ' status=started ' "$tmp/$name.all")" -eq "$nkeys"
+        test "$(grep -c ' status=done ' "$tmp/$name.all")" -eq "$nkeys"
     # ... and that answer describes the one business row of the key
     local in; in=$(sed "s/[^ ]*/'&'/g; s/ /,/g" <<<"$keys")
     sql "SELECT 'key=' || key || ' code=201 body='
@@ -58,10 +59,11 @@ round() {
     done
 }
 
-# 1. wait => true (default) on the unix socket: the copies queue behind the
-#    first; when it commits their SERIALIZABLE snapshots cannot see its record,
-#    so they get 40001, retry, and get replay.
-round wait "-d 30" "k1 k2 k3"
+# 1. wait => true (default) on the unix socket, SERIALIZABLE: the copies queue
+#    behind the first; when it commits their snapshots (taken when their
+#    statement started) cannot see its record, so they get 40001, run the
+#    statement again, and get replay.
+PGOPTIONS="$PGOPTIONS $SERIALIZABLE" round wait "-d 30" "k1 k2 k3"
 echo "wait: serialization retries ${retries[wait.serialization]}, deadlock retries ${retries[wait.deadlock]}"
 check "wait: 40001 happened and was retried" test "${retries[wait.serialization]}" -gt 0
 
@@ -70,7 +72,23 @@ PGHOST=127.0.0.1 round nowait "-n -d 30" "n1 n2 n3"
 echo "nowait: in_progress retries ${retries[nowait.in_progress]}, serialization retries ${retries[nowait.serialization]}"
 check "nowait: in_progress happened and was retried" test "${retries[nowait.in_progress]}" -gt 0
 
-# 3. the same key with a different request: 422, nothing written
+# 3. wait => true, READ COMMITTED, every worker's requests in one pipeline:
+#    the copies wait for the first and get its replay directly, no 40001.
+round pipeline "-P -d 30" "p1 p2 p3 p4 p5"
+echo "pipeline: serialization retries ${retries[pipeline.serialization]}, in_progress retries ${retries[pipeline.in_progress]}"
+check "pipeline: under READ COMMITTED a waiter replays without 40001" \
+    test "${retries[pipeline.serialization]}" -eq 0 -a "${retries[pipeline.in_progress]}" -eq 0
+check "pipeline: waiters were answered by replay" \
+    test "$(grep -c ' status=replay ' "$tmp/pipeline.all")" -eq $(( (PROCS - 1) * 5 ))
+
+# 4. pipelined under SERIALIZABLE: a waiter's 40001 is an error result inside
+#    the pipeline; its sync ends it there, the other statements go on, and the
+#    next round sends it again and gets replay.
+PGOPTIONS="$PGOPTIONS $SERIALIZABLE" round pipeline_ser "-P -d 30" "s1 s2 s3"
+echo "pipeline_ser: serialization retries ${retries[pipeline_ser.serialization]}"
+check "pipeline_ser: 40001 happened and was retried" test "${retries[pipeline_ser.serialization]}" -gt 0
+
+# 5. the same key with a different request: 422, nothing written
 out=$("$tmp/idem_worker" -a 999 9 k1) || true
 echo "$out" | head -1
 check "mismatch: a reused key with another body gets 422" grep -q '^key=k1 status=mismatch .* code=422 ' <<<"$out"

@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 
-import { createApp, SCHEMA, withTransaction } from '../src/app.js';
+import { callPayment, createApp, MAX_PAYMENT, SCHEMA, withRetries } from '../src/app.js';
 import { startDroppingProxy } from './dropping-proxy.js';
 
 const KEYS = 50;
@@ -222,16 +222,52 @@ test('the same key with a different body gets 422', async () => {
   assert.equal(again.headers.get('content-type'), first.headers.get('content-type'));
   assert.equal((await paymentRows(`payments:${account}`, key)).length, 1);
 
-  // what the key's record holds: the status, the two headers, the body's bytes
+  // what the key's record holds: the status, the two headers, the body as
+  // jsonb, whose serialisation is what the first response and the replay sent
   const { rows: [stored] } = await pool.query(
-    `SELECT response_code, response_headers, convert_from(response_bytes, 'UTF8') AS text, response_body
+    `SELECT response_code, response_headers, response_body, response_bytes
        FROM idem_lookup_full($1, $2)`, [key, `payments:${account}`]);
   assert.deepEqual(stored, {
     response_code: 201,
     response_headers: { 'Content-Type': 'application/json', Location: `/payments/${key}` },
-    text: first.text,
-    response_body: null,
+    response_body: JSON.parse(first.text),
+    response_bytes: null,
   });
+  assert.equal(JSON.stringify(stored.response_body), first.text);
+});
+
+test('a refusal by the work function is the key\'s response: stored and replayed', async () => {
+  const account = 'acct-refused';
+  const key = `${RUN}-too-much`;
+  const body = { amount: MAX_PAYMENT + 1, to: 'acct_6' };
+  const first = await post(direct, { key, account, body });
+  assert.equal(first.status, 422);
+  assert.equal(first.headers.get('content-type'), 'application/problem+json');
+  assert.equal(JSON.parse(first.text).title, 'Payment refused');
+  assert.equal(first.headers.get('idempotent-replayed'), null);
+
+  const again = await post(direct, { key, account, body });
+  assert.equal(again.status, 422);
+  assert.equal(again.headers.get('idempotent-replayed'), 'true');
+  assert.equal(again.headers.get('content-type'), 'application/problem+json');
+  assert.equal(again.text, first.text);
+  assert.equal((await paymentRows(`payments:${account}`, key)).length, 0, 'no payment');
+
+  // the key is used: a corrected amount under the same key is another request
+  const other = await post(direct, { key, account, body: { amount: 10, to: 'acct_6' } });
+  assert.equal(other.status, 422);
+  assert.equal(JSON.parse(other.text).title, 'Idempotency-Key reused');
+  const looked = await get(direct, key, account);
+  assert.equal(looked.body.status, 'completed');
+  assert.equal(looked.body.response_code, 422);
+});
+
+test('Location is the key, percent-encoded as encodeURIComponent does', async () => {
+  const key = `${RUN} a/b?c%d&e'f(g)*~!`;
+  const res = await post(direct, { key, account: 'acct-loc', body: { amount: 3, to: 'acct_7' } });
+  assert.equal(res.status, 201);
+  assert.equal(res.headers.get('location'), `/payments/${encodeURIComponent(key)}`);
+  assert.equal((await get(direct, key, 'acct-loc')).body.status, 'completed');
 });
 
 test('a request whose key another transaction holds gets 409, then the real outcome', async () => {
@@ -288,45 +324,65 @@ test('keys are scoped by account', async () => {
   assert.equal((await get(direct, key, 'acct-c')).status, 404);
 });
 
-test('withTransaction retries a serialization failure, and the retry replays', async () => {
-  // Under REPEATABLE READ, an attempt whose snapshot predates another
-  // attempt's commit of the same key gets 40001 from idem_begin; the retried
-  // transaction sees the record and replays it.
+test('a serialization failure is retried, and the retry replays', async () => {
+  // Under REPEATABLE READ, the POST's statement, had it waited for another
+  // attempt at its key (wait => true), gets 40001 once that attempt commits: the
+  // statement's snapshot predates the record.  The statement run again has a new
+  // snapshot and replays.  (The service passes wait => false and does not wait,
+  // but at REPEATABLE READ it meets 40001 too if the other attempt commits
+  // between its snapshot and its look at the key.)
   const key = `${RUN}-rr`;
   const scope = 'payments:acct-rr';
-  const request = JSON.stringify({ amount: 1, to: 'acct_5' });
-  const seen = [];
-  const result = await withTransaction(pool, async (client) => {
-    await client.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ');
-    await client.query('SELECT 1'); // takes the snapshot
-    if (seen.length === 0) {
-      await withTransaction(pool, async (other) => {
-        await other.query('SELECT idem_begin($1, $2::jsonb, scope => $3)', [key, request, scope]);
-        await other.query(`SELECT idem_finish($1, 201, '{"id": 1}'::jsonb, scope => $2)`, [key, scope]);
-      });
+  const text = JSON.stringify({ amount: 1, to: 'acct_5' });
+  const holder = new pg.Client({ options: PG_OPTIONS });
+  const rr = new pg.Client({ options: PG_OPTIONS });
+  await holder.connect();
+  await rr.connect();
+  try {
+    await rr.query("SET default_transaction_isolation = 'repeatable read'");
+    await holder.query('BEGIN');
+    const { rows: [begun] } = await holder.query('SELECT status FROM idem_begin($1, $2::jsonb, scope => $3)',
+      [key, text, scope]);
+    assert.equal(begun.status, 'started');
+
+    const seen = [];
+    const called = withRetries(async () => {
+      try {
+        const r = await callPayment(rr, { key, text, scope, wait: true });
+        seen.push(r.status);
+        return r;
+      } catch (err) {
+        seen.push(err.code);
+        throw err;
+      }
+    });
+    // once the statement waits for the holder's key, the holder commits
+    for (let i = 0; ; i++) {
+      const { rows: [a] } = await pool.query('SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1',
+        [rr.processID]);
+      if (a?.wait_event_type === 'Lock') break;
+      assert.ok(i < 500, 'the statement waits for the key');
+      await sleep(10);
     }
-    try {
-      const { rows: [r] } = await client.query(
-        'SELECT status, response_code FROM idem_begin($1, $2::jsonb, scope => $3, wait => false)',
-        [key, request, scope],
-      );
-      seen.push(r.status);
-      return r;
-    } catch (err) {
-      seen.push(err.code);
-      throw err;
-    }
-  });
-  assert.deepEqual(seen, ['40001', 'replay']);
-  assert.equal(result.response_code, 201);
+    await holder.query(`SELECT idem_finish($1, 201, '{"id": 1}'::jsonb, scope => $2)`, [key, scope]);
+    await holder.query('COMMIT');
+    const result = await called;
+    assert.deepEqual(seen, ['40001', 'replay']);
+    assert.equal(result.response_code, 201);
+    assert.deepEqual(result.response_body, { id: 1 });
+    assert.equal((await paymentRows(scope, key)).length, 0, 'the work did not run');
+  } finally {
+    await holder.end();
+    await rr.end();
+  }
 
   // Other errors are not retried, and the retries are bounded.
   let calls = 0;
-  await assert.rejects(withTransaction(pool, async (c) => { calls++; await c.query('SELECT 1/0'); }), { code: '22012' });
+  await assert.rejects(withRetries(async () => { calls++; await pool.query('SELECT 1/0'); }), { code: '22012' });
   assert.equal(calls, 1);
   calls = 0;
   await assert.rejects(
-    withTransaction(pool, async () => { calls++; throw Object.assign(new Error('deadlock'), { code: '40P01' }); }),
+    withRetries(async () => { calls++; throw Object.assign(new Error('deadlock'), { code: '40P01' }); }),
     { code: '40P01' },
   );
   assert.equal(calls, 3);
