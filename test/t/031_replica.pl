@@ -117,7 +117,10 @@ $standby->start;
 # keys committed after the backup arrive by streaming
 is(add_requests($primary, 'after', 21, 20), '0', 'primary: 60 more after the backup');
 $primary->safe_psql('postgres', q{
-SELECT idem_once('msg-' || g, 'consumer') FROM generate_series(11, 20) g;});
+SELECT idem_once('msg-' || g, 'consumer') FROM generate_series(11, 20) g;
+CREATE FUNCTION call_work(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  SELECT idem_response(201, req) $$;
+SELECT status FROM idem_call('call-1', '{"n": 1}', 'call_work(jsonb)');});
 # leases: one live, one run out (its worker died), one finished
 my $lease_token = $primary->safe_psql('postgres', q{
 SELECT status FROM idem_lease('lease-out', lease => '1 microsecond');
@@ -167,6 +170,12 @@ COMMIT;}),
 		'25006', 'standby: ... also with the text variant and wait => false');
 	is(sqlstate($standby, q{SELECT * FROM idem_begin('short')}),
 		'25006', 'standby: idem_begin of an expired key fails with 25006');
+	is( $standby->safe_psql(
+			'postgres', q{SELECT status || ':' || response_code || ':' || response_body
+                  FROM idem_call('call-1', '{"n": 1}', 'call_work(jsonb)')}),
+		'replay:201:{"n": 1}', 'standby: idem_call of a completed key replays');
+	is(sqlstate($standby, q{SELECT * FROM idem_call('call-2', '{"n": 2}', 'call_work(jsonb)')}),
+		'25006', 'standby: idem_call of a new key fails with 25006 before its work runs');
 	is(sqlstate($standby, q{SELECT idem_once('new-msg', 'consumer')}),
 		'25006', 'standby: idem_once of a new message fails with 25006');
 	is(sqlstate($standby, q{SELECT idem_sweep()}),
