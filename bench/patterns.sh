@@ -60,15 +60,15 @@ CREATE TABLE hand_keys (key text PRIMARY KEY, request jsonb NOT NULL, response_c
 SQL
 
 cat >"$WORK/none.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 INSERT INTO payments (idem_key, amount, to_account) VALUES ('n' || :client_id || '-' || :r, 500, 'acct_42');
 EOF
 cat >"$WORK/ext_call.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 SELECT status FROM idem_call('c' || :client_id || '-' || :r, jsonb_build_object('key', 'c' || :client_id || '-' || :r, 'amount', 500, 'to', 'acct_42'), 'pay(jsonb)');
 EOF
 cat >"$WORK/ext_classic.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 BEGIN;
 SELECT status FROM idem_begin('k' || :client_id || '-' || :r, '{"amount": 500, "to": "acct_42"}'::jsonb);
 INSERT INTO payments (idem_key, amount, to_account) VALUES ('k' || :client_id || '-' || :r, 500, 'acct_42') RETURNING id \gset
@@ -76,18 +76,18 @@ SELECT idem_finish('k' || :client_id || '-' || :r, 201, jsonb_build_object('id',
 COMMIT;
 EOF
 cat >"$WORK/once_folded.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 INSERT INTO payments (idem_key, amount, to_account) SELECT 'o' || :client_id || '-' || :r, 500, 'acct_42' WHERE idem_once('o' || :client_id || '-' || :r);
 EOF
 cat >"$WORK/once_classic.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 BEGIN;
 SELECT idem_once('q' || :client_id || '-' || :r);
 INSERT INTO payments (idem_key, amount, to_account) VALUES ('q' || :client_id || '-' || :r, 500, 'acct_42');
 COMMIT;
 EOF
 cat >"$WORK/handwritten.sql" <<'EOF'
-\set r random(1, 1000000000)
+\set r random(1, 9000000000000000000)
 BEGIN;
 INSERT INTO hand_keys (key, request) VALUES ('h' || :client_id || '-' || :r, '{"amount": 500, "to": "acct_42"}') ON CONFLICT DO NOTHING;
 INSERT INTO payments (idem_key, amount, to_account) VALUES ('h' || :client_id || '-' || :r, 500, 'acct_42') RETURNING id \gset
