@@ -377,12 +377,11 @@ RequireBegunKey(IdemStore *store, const IdemKey *key, const char *verb)
 /*
  * Write the completed record of a key this transaction began, and let its
  * lock go: the record, not yet committed, holds off every other writer
- * from now on.  Its times are the begin's; they go to *rec_out if asked.
+ * from now on.  Its times are the begin's.
  */
 static void
 FinishBegunKey(IdemStore *store, const IdemKey *key, IdemOpenKey *open,
-			   int32 code, Datum body, Datum headers, Datum bytes,
-			   IdemRecord *rec_out)
+			   int32 code, Datum body, Datum headers, Datum bytes)
 {
 	IdemRecord	rec;
 
@@ -398,8 +397,6 @@ FinishBegunKey(IdemStore *store, const IdemKey *key, IdemOpenKey *open,
 		IdemClearExpiredRecord(store, key, rec.created_at);
 	IdemStoreInsert(store, key, &rec);
 	IdemOpenKeyClose(open, key, IDEM_OPEN_FINISHED);
-	if (rec_out != NULL)
-		*rec_out = rec;
 }
 
 /*
@@ -451,7 +448,7 @@ idem_finish(PG_FUNCTION_ARGS)
 	{
 		open = RequireBegunKey(&store, &key, "finish");
 		PreventCommandIfReadOnly("idem_finish()");
-		FinishBegunKey(&store, &key, open, code, body, headers, bytes, NULL);
+		FinishBegunKey(&store, &key, open, code, body, headers, bytes);
 	}
 	IdemStoreClose(&store);
 
@@ -484,7 +481,6 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemWorkResponse response;
 	IdemOpenKey *open;
 	IdemStore	store;
-	IdemRecord	rec;
 	IdemResult	res;
 
 	IdemStatsCallStart(&timer);
@@ -531,7 +527,7 @@ idem_call(PG_FUNCTION_ARGS)
 						format_procedure(work->funcid), IdemKeyName(&key)),
 				 errhint("idem_call() finishes the key with the response the work returns; the work must leave it alone.")));
 	FinishBegunKey(&store, &key, open, response.code, response.body,
-				   response.headers, (Datum) 0, &rec);
+				   response.headers, (Datum) 0);
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
 
