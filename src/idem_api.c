@@ -231,8 +231,10 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res,
 	all[COL_LAST_ERROR] = PointerGetDatum(res->last_error);
 	allnulls[COL_LAST_ERROR] = (res->last_error == NULL);
 
-	Assert(columns == call_columns ? natts == CALL_RESULT_NATTS :
-		   (natts == RESULT_NATTS || natts == RESULT_NATTS_0_3));
+	/* a row type altered by hand (ALTER TYPE ... ADD ATTRIBUTE) is not ours */
+	if (columns == call_columns ? natts != CALL_RESULT_NATTS :
+		(natts != RESULT_NATTS && natts != RESULT_NATTS_0_3))
+		elog(ERROR, "result row type has %d columns, not the extension's", natts);
 	for (int i = 0; i < natts; i++)
 	{
 		values[i] = all[columns[i]];
@@ -480,6 +482,8 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemWork   *work;
 	IdemWorkResponse response;
 	IdemOpenKey *open;
+	TimestampTz created_at = 0;
+	TimestampTz open_expires_at = 0;
 	IdemStore	store;
 	IdemResult	res;
 
@@ -519,11 +523,19 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemStatsCallResume(&timer);
 
 	IdemStoreOpen(&store, &cache->oids, true, true);
+	/*
+	 * The key as this call began it: not finished or released by the work,
+	 * nor released and begun again with another request or ttl.
+	 */
 	open = IdemOpenKeyFind(&key);
-	if (open == NULL || IdemOpenKeyState(open) != IDEM_OPEN_BEGUN)
+	if (open != NULL)
+		IdemOpenKeyTimes(open, &created_at, &open_expires_at);
+	if (open == NULL || IdemOpenKeyState(open) != IDEM_OPEN_BEGUN ||
+		!IdemFingerprintsMatch(IdemOpenKeyFingerprint(open), &fingerprint) ||
+		created_at != now || open_expires_at != expires_at)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("work function %s finished or released idempotency key %s",
+				 errmsg("work function %s finished, released or began again idempotency key %s",
 						format_procedure(work->funcid), IdemKeyName(&key)),
 				 errhint("idem_call() finishes the key with the response the work returns; the work must leave it alone.")));
 	FinishBegunKey(&store, &key, open, response.code, response.body,

@@ -17,6 +17,7 @@
 #include "access/tableam.h"
 #include "datatype/timestamp.h"
 #include "portability/instr_time.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
@@ -142,5 +143,24 @@ proc_aclcheck_compat(Oid funcid, Oid roleid, AclMode mode)
 	return pg_proc_aclcheck(funcid, roleid, mode);
 #endif
 }
+
+static inline AclResult
+namespace_aclcheck_compat(Oid nspid, Oid roleid, AclMode mode)
+{
+#if PG16_GE
+	return object_aclcheck(NamespaceRelationId, nspid, roleid, mode);
+#else
+	return pg_namespace_aclcheck(nspid, roleid, mode);
+#endif
+}
+
+/*
+ * 19 caches attribute offsets in a tuple descriptor, which one built by
+ * hand (CreateTemplateTupleDesc, TupleDescCopyEntry) must fill with
+ * TupleDescFinalize before use; before 19 there is nothing to fill.
+ */
+#if !PG19_GE
+#define TupleDescFinalize(tupdesc) ((void) (tupdesc))
+#endif
 
 #endif							/* IDEM_COMPAT_H */

@@ -39,6 +39,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
+#include "utils/syscache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -199,9 +200,10 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
  * The store last resolved in this backend, so that a statement does not
  * look its five relations up by name again (issue #12: on the replay path
  * that was a tenth of the call).  A relcache invalidation of any of them,
- * or of all relations, forgets it: dropping, renaming or creating an index
- * on idem_keys sends one, so a name that now means another relation is
- * looked up again before the next call uses it.
+ * or of all relations, forgets it (dropping or creating an index on
+ * idem_keys sends one), and so does any change to a relation's name
+ * (RELNAMENSP): a name that now means another relation is looked up again
+ * before the next call uses it.
  */
 static struct
 {
@@ -227,6 +229,18 @@ ForgetResolvedStore(Datum arg, Oid relid)
 }
 
 /*
+ * A relation was created, dropped or renamed somewhere: a name the store
+ * looked up may mean another relation now (an index renamed to
+ * idem_keys_failures sends a relcache invalidation for itself only, not
+ * for idem_keys), so look them all up again.
+ */
+static void
+ForgetResolvedStoreNames(Datum arg, int cacheid, uint32 hashvalue)
+{
+	ForgetResolvedStore(arg, InvalidOid);
+}
+
+/*
  * Find the store's relations in the schema of the SQL function being called.
  */
 void
@@ -238,6 +252,7 @@ IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ForgetResolvedStore, (Datum) 0);
+		CacheRegisterSyscacheCallback(RELNAMENSP, ForgetResolvedStoreNames, (Datum) 0);
 		callback_registered = true;
 	}
 	if (!resolved_store.valid || resolved_store.nspid != nspid)
@@ -610,6 +625,7 @@ FormShortTuple(TupleDesc desc, Datum *values, bool *nulls)
 	shortdesc = CreateTemplateTupleDesc(natts);
 	for (int i = 0; i < natts; i++)
 		TupleDescCopyEntry(shortdesc, i + 1, desc, i + 1);
+	TupleDescFinalize(shortdesc);
 	tuple = heap_form_tuple(shortdesc, values, nulls);
 	FreeTupleDesc(shortdesc);
 	return tuple;

@@ -24,7 +24,9 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 
@@ -33,24 +35,49 @@
 #include "idem_work.h"
 
 /*
+ * Counts changes to pg_proc rows (and cache resets): a call site that
+ * outlives one (a PL/pgSQL expression within a transaction) checks its
+ * work again, as a new plan would (REVOKE EXECUTE, ALTER FUNCTION ...
+ * SECURITY DEFINER, CREATE OR REPLACE in another language).
+ */
+static uint64 proc_generation = 0;
+
+static void
+CountProcChange(Datum arg, int cacheid, uint32 hashvalue)
+{
+	proc_generation++;
+}
+
+/*
  * Check a work function once per call site (and again if the calling role
- * changes), and look it up for calling.  caller is idem_call's own OID.  Raises 42883 for no such function,
- * 42809 for a procedure, aggregate or window function, 42P13 for one whose
- * signature is not (jsonb) returning idem_response, and 42501 without
- * EXECUTE.
+ * changes, or any function does), and look it up for calling.  caller is
+ * idem_call's own OID; mcxt the call site's.  Raises 42883 for no such
+ * function, 42809 for a procedure, aggregate or window function, 42P13
+ * for one whose signature is not (jsonb) returning idem_response, and
+ * 42501 without USAGE on its schema or EXECUTE on it: what SELECT
+ * work(request) would need (a regprocedure given as a number skips the
+ * schema's lookup, so USAGE is checked here).
  */
 void
 IdemWorkPrepare(IdemWork *work, Oid funcid, Oid caller, MemoryContext mcxt)
 {
+	static bool callback_registered = false;
 	HeapTuple	tuple;
 	Form_pg_proc proc;
 	Oid			nspid;
 	Oid			response_type;
 	AclResult	aclresult;
 
-	if (work->funcid == funcid && work->roleid == GetUserId())
+	if (!callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, CountProcChange, (Datum) 0);
+		callback_registered = true;
+	}
+	if (work->funcid == funcid && work->roleid == GetUserId() &&
+		work->generation == proc_generation)
 		return;
 	work->funcid = InvalidOid;
+	work->generation = proc_generation;
 	/* the type is the one in idem_call's own schema */
 	nspid = get_func_namespace(caller);
 
@@ -73,18 +100,30 @@ IdemWorkPrepare(IdemWork *work, Oid funcid, Oid caller, MemoryContext mcxt)
 		proc->prorettype != response_type)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("work function %s must take one argument of type jsonb and return type %s.%s",
+				 errmsg("work function %s must take one argument of type jsonb and return type %s",
 						format_procedure(funcid),
-						get_namespace_name(nspid), IDEM_RESPONSE_TYPE_NAME),
-				 errhint("Declare it as (request jsonb) RETURNS %s.%s, one row.",
-						 get_namespace_name(nspid), IDEM_RESPONSE_TYPE_NAME)));
+						quote_qualified_identifier(get_namespace_name(nspid),
+												   IDEM_RESPONSE_TYPE_NAME)),
+				 errhint("Declare it as (request jsonb) RETURNS %s, one row.",
+						 quote_qualified_identifier(get_namespace_name(nspid),
+													IDEM_RESPONSE_TYPE_NAME))));
+	aclresult = namespace_aclcheck_compat(proc->pronamespace, GetUserId(), ACL_USAGE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_SCHEMA, get_namespace_name(proc->pronamespace));
 	ReleaseSysCache(tuple);
 
 	aclresult = proc_aclcheck_compat(funcid, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(funcid));
 
-	fmgr_info_cxt(funcid, &work->flinfo, mcxt);
+	/* what the previous work left (a SQL function's plans, say) goes */
+	if (work->cxt == NULL)
+		work->cxt = AllocSetContextCreate(mcxt, "idempotency work function",
+										  ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(work->cxt);
+	fmgr_info_cxt(funcid, &work->flinfo, work->cxt);
+	work->response_type = response_type;
 	work->roleid = GetUserId();
 	work->funcid = funcid;
 }
@@ -125,6 +164,14 @@ IdemWorkRun(IdemWork *work, Datum request, bool request_isnull,
 				 errhint("Return idem_response(code, body, headers): a refusal (4xx) is a response too, stored and replayed; raise an error to roll the attempt back.")));
 
 	td = DatumGetHeapTupleHeader(result);
+	/* only a C function could return another row type than it declares */
+	if (HeapTupleHeaderGetTypeId(td) != work->response_type)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("work function %s returned a row of type %s, not %s",
+						format_procedure(work->funcid),
+						format_type_be(HeapTupleHeaderGetTypeId(td)),
+						format_type_be(work->response_type))));
 	value = GetAttributeByNum(td, 1, &isnull);
 	if (isnull)
 		ereport(ERROR,

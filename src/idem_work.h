@@ -15,6 +15,9 @@ typedef struct IdemWork
 {
 	Oid			funcid;			/* InvalidOid until the first call */
 	Oid			roleid;			/* the role its EXECUTE was checked for */
+	uint64		generation;		/* of pg_proc changes, when checked */
+	Oid			response_type;	/* the extension's idem_response */
+	MemoryContext cxt;			/* flinfo's, reset for another work */
 	FmgrInfo	flinfo;
 } IdemWork;
 

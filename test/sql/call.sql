@@ -154,6 +154,9 @@ CREATE FUNCTION finishes_itself(req jsonb) RETURNS idem_response LANGUAGE sql AS
   SELECT idem_finish('c-10', 200); SELECT idem_response(200) $$;
 CREATE FUNCTION releases_itself(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
   SELECT idem_release('c-10'); SELECT idem_response(200) $$;
+CREATE FUNCTION begins_again(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  SELECT idem_release('c-10'); SELECT status FROM idem_begin('c-10', '{"other": 1}'::jsonb);
+  SELECT idem_response(200) $$;
 CREATE FUNCTION calls_itself(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
   SELECT (idem_call('c-10', req, 'pay(jsonb)')).response_code, NULL::jsonb, NULL::jsonb $$;
 -- a type of the same name and shape in another schema is not the extension's
@@ -188,7 +191,8 @@ SELECT n, try(stmt) FROM (VALUES
   (23, $$SELECT status FROM idem_call('c-10', '{}', 'finishes_itself(jsonb)')$$),
   (24, $$SELECT status FROM idem_call('c-10', '{}', 'releases_itself(jsonb)')$$),
   (25, $$SELECT status FROM idem_call('c-10', '{"amount": 1}', 'calls_itself(jsonb)')$$),
-  (26, $$SELECT status FROM idem_call('c-10', '{}', 'call_fake.work(jsonb)')$$)
+  (26, $$SELECT status FROM idem_call('c-10', '{}', 'call_fake.work(jsonb)')$$),
+  (27, $$SELECT status FROM idem_call('c-10', '{}', 'begins_again(jsonb)')$$)
 ) t(n, stmt) ORDER BY n;
 SELECT keys_state() = :'before' AS unchanged;
 SELECT count(*) AS payments FROM call_payments;
@@ -227,6 +231,51 @@ SELECT try($$EXECUTE call_as_role$$);
 RESET ROLE;
 DEALLOCATE call_as_role;
 
+-- a work in a schema the role may not use is refused, even named by its
+-- OID (which needs no lookup in the schema), as SELECT work(...) would be
+CREATE SCHEMA call_private;
+CREATE FUNCTION call_private.work(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  SELECT idem_response(200) $$;
+SELECT 'call_private.work(jsonb)'::regprocedure::oid AS private_work \gset
+SET ROLE call_app;
+SELECT try(format($$SELECT status FROM idem_call('c-15', '{}', %s::oid::regprocedure)$$, :private_work));
+RESET ROLE;
+DROP SCHEMA call_private CASCADE;
+
+-- one call site across a change to its work: a work replaced within the
+-- transaction runs as replaced (the call site checks and looks it up again)
+CREATE FUNCTION changing(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  SELECT idem_response(201) $$;
+GRANT EXECUTE ON FUNCTION changing(jsonb) TO call_app;
+DO $$
+DECLARE
+  codes text := '';
+BEGIN
+  FOR i IN 1..3 LOOP
+    IF i = 2 THEN
+      CREATE OR REPLACE FUNCTION changing(req jsonb) RETURNS idem_response LANGUAGE sql AS $f$
+        SELECT idem_response(202) $f$;
+    END IF;
+    codes := codes || (idem_call('chg-' || i, '{}', 'changing(jsonb)')).response_code || ' ';
+  END LOOP;
+  RAISE NOTICE 'codes: %', codes;
+END
+$$;
+-- works that change from row to row, each run as itself
+CREATE FUNCTION other_work(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
+  SELECT idem_response(203) $$;
+SELECT g, (idem_call('alt-' || g, '{}',
+                     CASE WHEN g % 2 = 0 THEN 'changing(jsonb)' ELSE 'other_work(jsonb)' END::regprocedure)).response_code
+FROM generate_series(1, 4) g ORDER BY g;
+DROP FUNCTION changing(jsonb), other_work(jsonb);
+
+-- an index renamed away and back is seen by this session's next call (the
+-- store's relations are looked up again when a relation's name changes)
+ALTER INDEX idem_keys_failures RENAME TO call_failures_away;
+SELECT try($$SELECT idem_fail('c-16', 'boom')$$);
+ALTER INDEX call_failures_away RENAME TO idem_keys_failures;
+SELECT idem_fail('c-16', 'boom') AS state;
+
 -- counters: a call that ran the work is a start and a finish, a retry a replay
 SELECT idem_stats_reset();
 SELECT status FROM idem_call('c-14', '{"amount": 1}', 'pay(jsonb)');
@@ -240,7 +289,7 @@ DROP ROLE call_app;
 DROP FUNCTION pay(jsonb), no_body(jsonb), strict_work(jsonb), not_a_response(jsonb),
   two_args(jsonb, int), text_arg(text), many(jsonb), returns_null(jsonb), no_code(jsonb),
   bad_code(jsonb), bad_headers(jsonb), headers_not_object(jsonb), finishes_itself(jsonb),
-  releases_itself(jsonb), calls_itself(jsonb);
+  releases_itself(jsonb), calls_itself(jsonb), begins_again(jsonb);
 DROP SCHEMA call_fake CASCADE;
 DROP EXTENSION pageinspect;
 DROP PROCEDURE proc_work(jsonb);

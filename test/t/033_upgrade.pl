@@ -479,16 +479,21 @@ if ($available{'0.4.0'} && $available{'0.5.0'})
 {
 	subtest 'update to 0.5.0 keeps the privileges of idem_begin and gives them to idem_call' => sub {
 		my $acl = q{
-SELECT format('begin jsonb public=%s app=%s / begin text public=%s / begin bytea public=%s app=%s / call public=%s app=%s',
+SELECT format('begin jsonb public=%s app=%s other=%s / begin text public=%s / begin bytea public=%s app=%s / call public=%s app=%s other=%s',
               has_function_privilege('public', 'idem_begin(text,jsonb,text,interval,boolean)', 'EXECUTE'),
               has_function_privilege('regress_idem_app', 'idem_begin(text,jsonb,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('regress_idem_other', 'idem_begin(text,jsonb,text,interval,boolean)', 'EXECUTE'),
               has_function_privilege('public', 'idem_begin(text,text,text,interval,boolean)', 'EXECUTE'),
               has_function_privilege('public', 'idem_begin(text,bytea,text,interval,boolean)', 'EXECUTE'),
               has_function_privilege('regress_idem_app', 'idem_begin(text,bytea,text,interval,boolean)', 'EXECUTE'),
               has_function_privilege('public', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'),
-              has_function_privilege('regress_idem_app', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'))};
-		my $want = 'begin jsonb public=f app=t / begin text public=t / begin bytea public=f app=f'
-		  . ' / call public=f app=t';
+              has_function_privilege('regress_idem_app', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'),
+              has_function_privilege('regress_idem_other', 'idem_call(text,jsonb,regprocedure,text,interval,boolean)', 'EXECUTE'))};
+		# idem_call: the roles that may both begin and finish (other may
+		# begin only); the text variant stays PUBLIC's although the
+		# updating role's default privileges no longer give PUBLIC EXECUTE
+		my $want = 'begin jsonb public=f app=t other=t / begin text public=t / begin bytea public=f app=f'
+		  . ' / call public=f app=t other=f';
 		my $init = q{
 SELECT string_agg(pg_describe_object(classoid, objoid, objsubid) || ' ' || initprivs::text, ' / '
                   ORDER BY pg_describe_object(classoid, objoid, objsubid))
@@ -496,11 +501,14 @@ FROM pg_init_privs
 WHERE classoid = 'pg_proc'::regclass
   AND objoid IN (SELECT oid FROM pg_proc WHERE proname IN ('idem_begin', 'idem_call'))};
 		my $db = 'acl_0_5_0';
-		$node->safe_psql('postgres', qq{CREATE ROLE regress_idem_app; CREATE DATABASE $db});
+		$node->safe_psql('postgres', qq{CREATE ROLE regress_idem_app; CREATE ROLE regress_idem_other; CREATE DATABASE $db});
 		$node->safe_psql($db, q{
 CREATE EXTENSION idempotency VERSION '0.4.0';
 REVOKE EXECUTE ON FUNCTION idem_begin(text, jsonb, text, interval, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idem_begin(text, jsonb, text, interval, boolean) TO regress_idem_app;
+GRANT EXECUTE ON FUNCTION idem_begin(text, jsonb, text, interval, boolean) TO regress_idem_app, regress_idem_other;
+REVOKE EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid, jsonb, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idem_finish(text, int, jsonb, text, uuid, jsonb, bytea) TO regress_idem_app;
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION idem_begin(text, bytea, text, interval, boolean) FROM PUBLIC;
 CREATE VIEW my_begin AS SELECT status FROM idem_begin('k', '{}'::jsonb);});
 
@@ -527,6 +535,7 @@ CREATE TABLE t (n int);
 GRANT INSERT ON t TO regress_idem_app;
 CREATE FUNCTION w(req jsonb) RETURNS idem_response LANGUAGE sql AS $$
   INSERT INTO t VALUES (1); SELECT idem_response(201, req) $$;
+GRANT EXECUTE ON FUNCTION w(jsonb) TO regress_idem_app;
 SET ROLE regress_idem_app;
 SELECT status FROM idem_call('k', '{"a": 1}', 'w(jsonb)');
 SELECT status FROM idem_begin('k', '{"a": 1}'::jsonb);});
@@ -536,7 +545,7 @@ SELECT status FROM idem_begin('k', '{"a": 1}'::jsonb);});
 		dump_and_restore($db, 'acl_0_5_0_restored');
 		is($node->safe_psql('acl_0_5_0_restored', $acl), $want, 'after pg_dump and a restore too');
 		$node->safe_psql('postgres', qq{
-DROP DATABASE $db; DROP DATABASE acl_0_5_0_restored; DROP ROLE regress_idem_app});
+DROP DATABASE $db; DROP DATABASE acl_0_5_0_restored; DROP ROLE regress_idem_app; DROP ROLE regress_idem_other});
 	};
 }
 
