@@ -23,6 +23,24 @@ export const IDEM_SCHEMA = process.env.IDEM_SCHEMA ?? 'idempotency';
 export const BUSINESS_ERROR = { error: 'amount must be positive' };
 export const MISMATCH_ERROR = { error: 'Idempotency-Key reused with a different request' };
 
+// The answer to an extension status other than the one that did the work
+// (idem_begin's started, idem_call's done): the stored response, or a refusal.
+export function replyForStatus(r) {
+  switch (r.status) {
+    case 'replay':
+      return { status: r.response_code, body: r.response_body, replayed: true };
+    case 'mismatch':
+      return { status: 422, body: MISMATCH_ERROR };
+    case 'in_progress':
+      return { status: 409, body: { error: 'request in progress' } };
+    case 'dead':
+    case 'erased':
+      return { status: 410, body: { error: `key ${r.status}` } };
+    default:
+      throw new Error(`unexpected status ${r.status}`);
+  }
+}
+
 export class HttpError extends Error {
   constructor(status, message) {
     super(message);

@@ -12,7 +12,7 @@
 // The function sees only the request jsonb, so the key travels inside it
 // ({"amount": .., "to": .., "key": ..}); the fingerprint covers it too, which
 // changes nothing (a retry sends the same key).
-import { IDEM_SCHEMA, MISMATCH_ERROR, ident, makePool, serve } from './common.js';
+import { IDEM_SCHEMA, ident, makePool, replyForStatus, serve } from './common.js';
 
 const S = ident(IDEM_SCHEMA);
 const pool = makePool('ext_call');
@@ -25,19 +25,6 @@ const call = {
 serve('ext_call', async ({ key, value }) => {
   const request = JSON.stringify({ ...value, key });
   const { rows: [r] } = await pool.query({ ...call, values: [key, request] });
-  switch (r.status) {
-    case 'done':
-      return { status: r.response_code, body: r.response_body };
-    case 'replay':
-      return { status: r.response_code, body: r.response_body, replayed: true };
-    case 'mismatch':
-      return { status: 422, body: MISMATCH_ERROR };
-    case 'in_progress':
-      return { status: 409, body: { error: 'request in progress' } };
-    case 'dead':
-    case 'erased':
-      return { status: 410, body: { error: `key ${r.status}` } };
-    default:
-      throw new Error(`unexpected idem_call status ${r.status}`);
-  }
+  if (r.status === 'done') return { status: r.response_code, body: r.response_body };
+  return replyForStatus(r);
 });

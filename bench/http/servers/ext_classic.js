@@ -15,7 +15,7 @@
 // passes wait => false and answers 409 instead).  $2::jsonb: the fingerprint
 // is of the parsed JSON, so a re-serialised body (key order, white space) is
 // the same request.
-import { BUSINESS_ERROR, IDEM_SCHEMA, INSERT_PAYMENT, MISMATCH_ERROR, ident, makePool, serve, withTransaction } from './common.js';
+import { BUSINESS_ERROR, IDEM_SCHEMA, INSERT_PAYMENT, ident, makePool, replyForStatus, serve, withTransaction } from './common.js';
 
 const S = ident(IDEM_SCHEMA);
 const pool = makePool('ext_classic');
@@ -41,17 +41,8 @@ serve('ext_classic', ({ key, text, payment }) =>
         await client.query({ ...finish, values: [key, status, JSON.stringify(body)] });
         return { status, body };
       }
-      case 'replay':
-        return { status: begun.response_code, body: begun.response_body, replayed: true };
-      case 'mismatch':
-        return { status: 422, body: MISMATCH_ERROR };
-      case 'in_progress':
-        return { status: 409, body: { error: 'request in progress' } };
-      case 'dead':
-      case 'erased':
-        return { status: 410, body: { error: `key ${begun.status}` } };
       default:
-        throw new Error(`unexpected idem_begin status ${begun.status}`);
+        return replyForStatus(begun);
     }
   }),
 );
