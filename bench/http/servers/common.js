@@ -66,6 +66,17 @@ export function makePool(name) {
 export const INSERT_PAYMENT = `INSERT INTO payments (idem_key, amount, to_account) VALUES ($1, $2, $3)
   RETURNING jsonb_build_object('id', id, 'amount', amount, 'to', to_account) AS response`;
 
+// The work for a new key, as every variant that does it in Node does it: the
+// payment (one INSERT on client, a pool or a pooled connection), or the
+// business error.
+export async function payOrRefuse(client, key, payment) {
+  if (payment.amount <= 0) return { status: 422, body: BUSINESS_ERROR };
+  const { rows: [row] } = await client.query({
+    name: 'pay_insert', text: INSERT_PAYMENT, values: [key, payment.amount, payment.to],
+  });
+  return { status: 201, body: row.response };
+}
+
 // The header value as the key: 1 to 255 printable ASCII characters.
 export function keyOf(req) {
   const raw = req.headers['idempotency-key'];

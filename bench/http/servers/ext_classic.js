@@ -15,7 +15,7 @@
 // passes wait => false and answers 409 instead).  $2::jsonb: the fingerprint
 // is of the parsed JSON, so a re-serialised body (key order, white space) is
 // the same request.
-import { BUSINESS_ERROR, IDEM_SCHEMA, INSERT_PAYMENT, ident, makePool, replyForStatus, serve, withTransaction } from './common.js';
+import { IDEM_SCHEMA, ident, makePool, payOrRefuse, replyForStatus, serve, withTransaction } from './common.js';
 
 const S = ident(IDEM_SCHEMA);
 const pool = makePool('ext_classic');
@@ -23,7 +23,6 @@ const begin = {
   name: 'ext_begin',
   text: `SELECT status, response_code, response_body FROM ${S}.idem_begin($1, $2::jsonb)`,
 };
-const insert = { name: 'ext_insert', text: INSERT_PAYMENT };
 const finish = { name: 'ext_finish', text: `SELECT ${S}.idem_finish($1, $2, $3::jsonb)` };
 
 serve('ext_classic', ({ key, text, payment }) =>
@@ -31,15 +30,9 @@ serve('ext_classic', ({ key, text, payment }) =>
     const { rows: [begun] } = await client.query({ ...begin, values: [key, text] });
     switch (begun.status) {
       case 'started': {
-        let status = 422;
-        let body = BUSINESS_ERROR;
-        if (payment.amount > 0) {
-          const { rows: [row] } = await client.query({ ...insert, values: [key, payment.amount, payment.to] });
-          status = 201;
-          body = row.response;
-        }
-        await client.query({ ...finish, values: [key, status, JSON.stringify(body)] });
-        return { status, body };
+        const answer = await payOrRefuse(client, key, payment);
+        await client.query({ ...finish, values: [key, answer.status, JSON.stringify(answer.body)] });
+        return answer;
       }
       default:
         return replyForStatus(begun);

@@ -19,7 +19,7 @@
 // payment commit or roll back together, so a key row is never seen without
 // its response.  No expiry: the table keeps every key (a real one would also
 // need a reaper).
-import { BUSINESS_ERROR, INSERT_PAYMENT, MISMATCH_ERROR, makePool, serve, withTransaction } from './common.js';
+import { MISMATCH_ERROR, makePool, payOrRefuse, serve, withTransaction } from './common.js';
 
 const pool = makePool('handwritten');
 const takeKey = {
@@ -30,7 +30,6 @@ const readKey = {
   name: 'hw_read',
   text: 'SELECT request = $2::jsonb AS same, response_code, response_body FROM hw_keys WHERE idem_key = $1 FOR UPDATE',
 };
-const insert = { name: 'hw_insert', text: INSERT_PAYMENT };
 const finish = {
   name: 'hw_finish',
   text: 'UPDATE hw_keys SET response_code = $2, response_body = $3::jsonb WHERE idem_key = $1',
@@ -40,15 +39,9 @@ serve('handwritten', ({ key, text, payment }) =>
   withTransaction(pool, async (client) => {
     const { rowCount } = await client.query({ ...takeKey, values: [key, text] });
     if (rowCount === 1) {
-      let status = 422;
-      let body = BUSINESS_ERROR;
-      if (payment.amount > 0) {
-        const { rows: [row] } = await client.query({ ...insert, values: [key, payment.amount, payment.to] });
-        status = 201;
-        body = row.response;
-      }
-      await client.query({ ...finish, values: [key, status, JSON.stringify(body)] });
-      return { status, body };
+      const answer = await payOrRefuse(client, key, payment);
+      await client.query({ ...finish, values: [key, answer.status, JSON.stringify(answer.body)] });
+      return answer;
     }
     const { rows: [stored] } = await client.query({ ...readKey, values: [key, text] });
     if (!stored) throw new Error(`key ${key} vanished`);
