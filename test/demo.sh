@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A walk through the extension on a throwaway cluster: started, replay,
-# mismatch, in_progress.  Run as root on a fresh Debian 12 machine: it
+# mismatch, in_progress, a consumer, and a request in one statement.  Run as root on a fresh Debian 12 machine: it
 # installs packages, builds and installs the extension, starts a private
 # cluster as the postgres user, and removes it at the end.
 set -euo pipefail
@@ -73,6 +73,23 @@ SQL
 say "6. A message consumer: idem_once is true the first time only"
 psql_demo -e <<'SQL'
 SELECT idem_once('msg-1') AS first, idem_once('msg-1') AS redelivered;
+SQL
+
+say "7. The whole request in one statement (one round trip in autocommit): idem_call runs your work function"
+psql_demo -e <<'SQL'
+CREATE FUNCTION pay(req jsonb) RETURNS idem_response LANGUAGE plpgsql AS $$
+DECLARE p payments;
+BEGIN
+  IF (req->>'amount')::int <= 0 THEN
+    RETURN idem_response(422, '{"error": "amount must be positive"}');
+  END IF;
+  INSERT INTO payments (idem_key, amount, to_account) VALUES (req->>'key', (req->>'amount')::int, req->>'to')
+    RETURNING * INTO p;
+  RETURN idem_response(201, jsonb_build_object('id', p.id));
+END $$;
+SELECT status, response_code, response_body FROM idem_call('req-c5d1', '{"key": "req-c5d1", "amount": 30, "to": "acct_5"}', 'pay(jsonb)');
+SELECT status, response_code, response_body FROM idem_call('req-c5d1', '{"key": "req-c5d1", "amount": 30, "to": "acct_5"}', 'pay(jsonb)');
+SELECT status, response_code, response_body FROM idem_call('req-0e77', '{"key": "req-0e77", "amount": 0, "to": "acct_5"}', 'pay(jsonb)');
 SQL
 
 say "Exactly one payment per request:"
