@@ -230,28 +230,59 @@ if ((WARMUP > 0)); then
 fi
 
 # --- the runs -------------------------------------------------------------
-echo "round,position,variant,path,requests,duration_s,rps,p50_ms,p90_ms,p99_ms,max_ms,status_errors,socket_errors,wal_bytes,wal_per_req" >"$RESULTS"
+echo "round,position,variant,path,requests,duration_s,rps,p50_ms,p90_ms,p99_ms,max_ms,status_errors,socket_errors,wal_bytes,wal_per_req,cpu_pg_us,cpu_node_us,cpu_redis_us,cpu_other_us,idle_pct" >"$RESULTS"
+
+# Where the machine's CPU goes during a run: clock ticks used so far by every
+# postgres, node and redis-server process, then the whole machine's busy and
+# idle ticks (/proc/stat; "other" is busy minus the three, wrk mostly).  The
+# servers and backends live through the runs, so differences are the run's.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_snapshot() {
+	local pg=0 nd=0 rd=0 f rest comm t
+	for f in /proc/[0-9]*/stat; do
+		read -r rest 2>/dev/null <"$f" || continue
+		comm=${rest#*(}; comm=${comm%%)*}
+		case $comm in postgres|node|redis-server) ;; *) continue ;; esac
+		rest=${rest##*) }
+		# fields 3.. after the comm: utime and stime are the 12th and 13th
+		read -r -a t <<<"$rest"
+		case $comm in
+			postgres) pg=$((pg + t[11] + t[12])) ;;
+			node) nd=$((nd + t[11] + t[12])) ;;
+			redis-server) rd=$((rd + t[11] + t[12])) ;;
+		esac
+	done
+	read -r -a t </proc/stat	# cpu user nice system idle iowait irq softirq steal
+	echo "$pg $nd $rd $((t[1] + t[2] + t[3] + t[6] + t[7] + t[8])) $((t[4] + t[5]))"
+}
 
 run_one() {	# round position variant path
-	local r=$1 pos=$2 v=$3 path=$4 args out line lsn1 lsn2 wal
+	local r=$1 pos=$2 v=$3 path=$4 args out line lsn1 lsn2 wal c1 c2
 	if [[ $path == write ]]; then args=(write "w$r-$v"); else args=(replay "r-$v-" "$NKEYS"); fi
 	psql_q "VACUUM (ANALYZE) payments, hw_keys, $S.idem_keys" >/dev/null
 	psql_q "CHECKPOINT" >/dev/null
 	lsn1=$(psql_q "SELECT pg_current_wal_lsn()")
+	c1=$(cpu_snapshot)
 	out=$("${WRK[@]}" -d"${DURATION}s" "${URL[$v]}" -- "${args[@]}")
+	c2=$(cpu_snapshot)
 	lsn2=$(psql_q "SELECT pg_current_wal_lsn()")
 	wal=$(psql_q "SELECT pg_wal_lsn_diff('$lsn2', '$lsn1')")
 	printf '%s\n' "$out" >"$WORK/wrk-$r-$v-$path.txt"
 	line=$(grep '^WRK ' <<<"$out") || { printf '%s\n' "$out" >&2; echo "$PROG: no result from wrk ($v $path)" >&2; exit 1; }
-	awk -v r="$r" -v pos="$pos" -v v="$v" -v path="$path" -v wal="$wal" '
+	awk -v r="$r" -v pos="$pos" -v v="$v" -v path="$path" -v wal="$wal" -v c1="$c1" -v c2="$c2" -v tck="$CLK_TCK" '
 { for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] } }
 END {
 	d = f["duration_us"] / 1e6
-	printf "%d,%d,%s,%s,%d,%.3f,%.1f,%.3f,%.3f,%.3f,%.3f,%d,%d,%d,%.1f\n", r, pos, v, path, f["requests"], d,
+	n = f["requests"] > 0 ? f["requests"] : 1
+	split(c1, a, " "); split(c2, b, " ")
+	for (i = 1; i <= 5; i++) c[i] = b[i] - a[i]
+	us = 1e6 / tck / n
+	printf "%d,%d,%s,%s,%d,%.3f,%.1f,%.3f,%.3f,%.3f,%.3f,%d,%d,%d,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f\n", r, pos, v, path, f["requests"], d,
 		f["requests"] / d, f["p50_us"] / 1000, f["p90_us"] / 1000, f["p99_us"] / 1000, f["max_us"] / 1000,
-		f["status_errors"], f["socket_errors"], wal, (f["requests"] > 0 ? wal / f["requests"] : 0)
+		f["status_errors"], f["socket_errors"], wal, (f["requests"] > 0 ? wal / f["requests"] : 0),
+		c[1] * us, c[2] * us, c[3] * us, (c[4] - c[1] - c[2] - c[3]) * us, (c[4] + c[5] > 0 ? 100 * c[5] / (c[4] + c[5]) : 0)
 }' <<<"$line" >>"$RESULTS"
-	tail -n 1 "$RESULTS" | awk -F, '{ printf "  %-20s %-6s %9.0f req/s  p99 %7.2f ms  errors %d  WAL %.1f B/req\n", $3, $4, $7, $10, $12 + $13, $15 }'
+	tail -n 1 "$RESULTS" | awk -F, '{ printf "  %-20s %-6s %9.0f req/s  p99 %7.2f ms  errors %d  WAL %.1f B/req  CPU us/req pg %.0f node %.0f other %.0f idle %.0f%%\n", $3, $4, $7, $10, $12 + $13, $15, $16, $17, $19, $20 }'
 }
 
 N=${#VARIANTS[@]}

@@ -51,6 +51,23 @@ for (const v of variants) {
   );
 }
 
+// CPU per request, where the run recorded it (run.sh's cpu_snapshot)
+if (runs.length && 'cpu_pg_us' in runs[0]) {
+  out.push('', '### Where the CPU goes (microseconds of CPU per request, medians; the machine\'s idle share)', '');
+  out.push('| variant | path | postgres | node | redis | other (wrk, kernel) | total | idle |');
+  out.push('|---|---|---|---|---|---|---|---|');
+  for (const v of variants) {
+    for (const path of ['write', 'replay']) {
+      const rs = sel(v, path);
+      if (!rs.length) continue;
+      const m = (c) => median(col(rs, c));
+      const total = m('cpu_pg_us') + m('cpu_node_us') + m('cpu_redis_us') + m('cpu_other_us');
+      out.push(`| ${v} | ${path} | ${num(m('cpu_pg_us'))} | ${num(m('cpu_node_us'))} | ${num(m('cpu_redis_us'))} | ` +
+        `${num(m('cpu_other_us'))} | ${num(total)} | ${num(m('idle_pct'))}% |`);
+    }
+  }
+}
+
 const failures = [];
 if (checks.length) {
   out.push('', '### Correctness (contention: keys x identical requests at once; then one request at a time)', '');
