@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# How the extension's cost grows with the number of keys it stores, against
+# plain SQL doing the same work on a table of the same size (issue #13).
+#
+# One throwaway cluster (shared_buffers 512MB, fsync on, synchronous_commit
+# off: CPU-bound, so that growth in the index shows and is not hidden by the
+# flush).  For each size in SIZES, both key tables are grown to that many
+# completed keys with random UUID keys (straight INSERT ... SELECT as
+# superuser, as bench/storage.sh loads; the keys arrive in random order, as
+# an application's do), vacuumed and checkpointed; then ROUNDS rounds of six
+# pgbench scenarios in rotated order, each on UUID keys spread over the whole
+# index:
+#   ext_write / base_write    BEGIN; idem_begin | PK probe; INSERT payment;
+#                             idem_finish | INSERT key row; COMMIT
+#   ext_replay / base_replay  idem_begin of a stored key | PK SELECT of it
+#   ext_once / base_once      idem_once(new id) | INSERT ... ON CONFLICT DO
+#                             NOTHING RETURNING into the baseline's table
+# The baseline table has idem_keys' columns, collations and indexes (as
+# bench/setup.sql's base_keys).  The rows a run wrote are deleted (and
+# vacuumed) after it, so every run of a size sees that size.  Per size and
+# scenario: median tps, its ratio to the baseline, the ratio to the same
+# scenario's figure at the first size, p99 latency (pgbench --log; a replay
+# transaction is one idem_begin, so its p99 is idem_begin's), and bytes per
+# key of each table with its indexes.  CSV in bench/results/scale-<ts>.csv.
+#
+# Run as root or as postgres, after `make install`.  Settings (environment):
+#   SIZES     key counts, ascending               (default "100000 1000000 10000000")
+#   DURATION  seconds per pgbench run             (default 10)
+#   ROUNDS    rounds per size                     (default 3)
+#   CLIENTS   pgbench -c and -j                   (default 2)
+#   PG_CONFIG, KEEP=1, RESULTS_DIR as for run.sh
+# Smoke test:  SIZES="10000 20000" DURATION=2 ROUNDS=1 bench/scale.sh
+set -euo pipefail
+
+SIZES=${SIZES:-100000 1000000 10000000}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-2}
+KEEP=${KEEP:-0}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+
+for v in DURATION ROUNDS CLIENTS; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "scale.sh: $v must be a positive integer" >&2; exit 2; }
+done
+read -r -a SIZE_LIST <<<"$SIZES"
+prev=0
+for s in "${SIZE_LIST[@]}"; do
+	[[ $s =~ ^[1-9][0-9]*$ ]] && ((s > prev)) || { echo "scale.sh: SIZES must be ascending positive integers" >&2; exit 2; }
+	prev=$s
+done
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROG=scale.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+bench_init
+TS=$(date +%Y%m%d-%H%M%S)
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
+mkdir -p "$RESULTS_DIR"
+RESULTS=$RESULTS_DIR/scale-$TS.csv
+bench_workdir idem-scale
+
+bench_start_cluster <<EOF
+idempotency.sweeper = off
+shared_buffers = 512MB
+fsync = on
+synchronous_commit = off
+full_page_writes = on
+autovacuum = off
+checkpoint_timeout = 1h
+max_wal_size = 8GB
+maintenance_work_mem = 512MB
+log_checkpoints = off
+EOF
+
+REQ='{"amount": 500, "to": "acct_42"}'
+psql_q "
+SET client_min_messages = warning;
+CREATE EXTENSION idempotency;
+CREATE TABLE payments (id bigserial PRIMARY KEY, key text, amount int);
+CREATE TABLE base_keys (
+    created_at    timestamptz NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    response_code int4,
+    state         \"char\" NOT NULL,
+    scope         text COLLATE \"C\" NOT NULL,
+    key           text COLLATE \"C\" NOT NULL,
+    fingerprint   bytea,
+    response_body jsonb,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX base_keys_expires_at ON base_keys (expires_at);" >/dev/null
+FP=$(psql_q "SELECT encode(idem_fingerprint('$REQ'::jsonb), 'hex')")
+
+# The scenarios.  Stored keys are md5(g)::uuid for g in 1..size; new keys
+# are md5 of a random value, so both land all over the index.
+mkdir -p "$WORK/scale"
+cat >"$WORK/scale/ext_write.sql" <<EOF
+\set r random(1, 9000000000000000000)
+BEGIN;
+SELECT * FROM idem_begin(md5('w' || :r)::uuid::text, '$REQ'::jsonb);
+INSERT INTO payments (key, amount) VALUES (md5('w' || :r)::uuid::text, 500);
+SELECT idem_finish(md5('w' || :r)::uuid::text, 201, '{"id": 991, "state": "paid"}'::jsonb);
+COMMIT;
+EOF
+cat >"$WORK/scale/base_write.sql" <<EOF
+\set r random(1, 9000000000000000000)
+BEGIN;
+SELECT * FROM base_keys WHERE scope = '' AND key = md5('w' || :r)::uuid::text;
+INSERT INTO payments (key, amount) VALUES (md5('w' || :r)::uuid::text, 500);
+INSERT INTO base_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+VALUES (now(), now() + interval '24 hours', 201, 'c', '', md5('w' || :r)::uuid::text,
+        '\\x$FP'::bytea, '{"id": 991, "state": "paid"}'::jsonb);
+COMMIT;
+EOF
+cat >"$WORK/scale/ext_replay.sql" <<EOF
+\set g random(1, :size)
+SELECT * FROM idem_begin(md5(:g::text)::uuid::text, '$REQ'::jsonb);
+EOF
+cat >"$WORK/scale/base_replay.sql" <<EOF
+\set g random(1, :size)
+SELECT * FROM base_keys WHERE scope = '' AND key = md5(:g::text)::uuid::text;
+EOF
+cat >"$WORK/scale/ext_once.sql" <<EOF
+\set r random(1, 9000000000000000000)
+SELECT idem_once(md5('o' || :r)::uuid::text);
+EOF
+cat >"$WORK/scale/base_once.sql" <<EOF
+\set r random(1, 9000000000000000000)
+INSERT INTO base_keys (created_at, expires_at, state, scope, key)
+VALUES (now(), now() + interval '7 days', 'c', '', md5('o' || :r)::uuid::text)
+ON CONFLICT DO NOTHING RETURNING key;
+EOF
+[[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$WORK/scale"
+SCENARIOS=(ext_write base_write ext_replay base_replay ext_once base_once)
+
+grow_to() {	# from to: completed keys from+1..to into both tables
+	psql_q "
+INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
+       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb
+  FROM generate_series($1 + 1, $2) g;
+INSERT INTO base_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
+       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb
+  FROM generate_series($1 + 1, $2) g" >/dev/null
+	psql_q "VACUUM (FREEZE, ANALYZE) idem_keys, base_keys, payments" >/dev/null
+	psql_q "CHECKPOINT" >/dev/null
+}
+
+echo "size,round,pos,scenario,tps,txns,failed,p50_ms,p99_ms,ok" >"$RESULTS"
+FAILURES=0
+run_one() {	# size round pos scenario
+	local size=$1 round=$2 pos=$3 scen=$4 out tps txns failed t0 rows want lat p50 p99 ok=true
+	t0=$(psql_q "SELECT clock_timestamp()")
+	rm -f "$WORK"/pgbench_log.*
+	set +e
+	out=$(cd "$WORK" && "${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
+		-T "$DURATION" -c "$CLIENTS" -j "$CLIENTS" -D size="$size" -l \
+		-f "$WORK/scale/$scen.sql" bench 2>&1)
+	local rc=$?
+	set -e
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
+	txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+	tps=${tps:-0} txns=${txns:-0} failed=${failed:-0}
+	[[ $rc -eq 0 && $failed -eq 0 && $txns -gt 0 ]] || { ok=false; echo "$out" | grep -Ei 'error|abort' | head -5 >&2; }
+	# latency in microseconds is the log's third field
+	lat=$(cat "$WORK"/pgbench_log.* | awk '{ print $3 }' | sort -n | awk '
+{ v[NR] = $1 } END { if (NR) printf "%.3f %.3f", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000; else print "0 0" }')
+	read -r p50 p99 <<<"$lat"
+	# a write must have left exactly one key row (and payment) per transaction
+	case $scen in
+		ext_write | ext_once) rows=$(psql_q "SELECT count(*) FROM idem_keys WHERE created_at >= '$t0'") want=$txns ;;
+		base_write | base_once) rows=$(psql_q "SELECT count(*) FROM base_keys WHERE created_at >= '$t0'") want=$txns ;;
+		*) rows=0 want=0 ;;
+	esac
+	[[ $rows -eq $want ]] || { ok=false; log "CHECK FAILED: $scen wrote $rows key rows for $txns transactions"; }
+	if [[ $scen == *_write || $scen == *_once ]]; then
+		psql_q "DELETE FROM idem_keys WHERE created_at >= '$t0'; DELETE FROM base_keys WHERE created_at >= '$t0'; TRUNCATE payments" >/dev/null
+		psql_q "VACUUM idem_keys, base_keys" >/dev/null
+	fi
+	psql_q "CHECKPOINT" >/dev/null
+	[[ $ok == true ]] || FAILURES=$((FAILURES + 1))
+	printf '  %-12s tps=%9.1f p50=%6.3f ms p99=%6.3f ms%s\n' "$scen" "$tps" "$p50" "$p99" "$([[ $ok == true ]] || echo "  FAILED")"
+	echo "$size,$round,$pos,$scen,$tps,$txns,$failed,$p50,$p99,$ok" >>"$RESULTS"
+}
+
+SIZE_CSV=$RESULTS_DIR/scale-$TS-sizes.csv
+echo "size,idem_keys_rows,idem_keys_bytes,idem_keys_index_bytes,base_keys_rows,base_keys_bytes,base_keys_index_bytes,load_s" >"$SIZE_CSV"
+have=0
+n=${#SCENARIOS[@]}
+for size in "${SIZE_LIST[@]}"; do
+	log "growing both key tables to $size keys"
+	t=$SECONDS
+	grow_to "$have" "$size"
+	have=$size
+	read -r ir it ii br bt bi < <(psql_q "SELECT (SELECT count(*) FROM idem_keys), pg_table_size('idem_keys'), pg_indexes_size('idem_keys'),
+	                                             (SELECT count(*) FROM base_keys), pg_table_size('base_keys'), pg_indexes_size('base_keys')" | tr '|' ' ')
+	[[ $ir -eq $size && $br -eq $size ]] || { log "FAIL: tables hold $ir and $br keys, not $size"; exit 1; }
+	echo "$size,$ir,$it,$ii,$br,$bt,$bi,$((SECONDS - t))" >>"$SIZE_CSV"
+	log "loaded in $((SECONDS - t)) s: idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes)"
+	st=$(psql_q "SELECT status FROM idem_begin(md5('1')::uuid::text, '$REQ'::jsonb)")
+	[[ $st == replay ]] || { log "FAIL: a stored key answered $st, not replay"; exit 1; }
+	for ((round = 1; round <= ROUNDS; round++)); do
+		log "size $size, round $round/$ROUNDS"
+		for ((i = 0; i < n; i++)); do
+			run_one "$size" "$round" "$((i + 1))" "${SCENARIOS[(i + round - 1) % n]}"
+		done
+	done
+done
+
+echo
+echo "### Cost against the number of keys (medians of $ROUNDS rounds, ${DURATION}s each, $CLIENTS clients, synchronous_commit off)"
+echo
+awk -F, -v first="${SIZE_LIST[0]}" '
+FNR == 1 { next }
+FILENAME ~ /sizes/ { ib[$1] = ($3 + $4) / $2; bb[$1] = ($6 + $7) / $5; next }
+{ k = $1 SUBSEP $4; n[k]++; tps[k, n[k]] = $5; p99[k, n[k]] = $9; sizes[$1] = 1 }
+function med(arr, k, cnt,   i, j, x, v) {
+	for (i = 1; i <= cnt; i++) v[i] = arr[k, i]
+	for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] < v[i]) { x = v[i]; v[i] = v[j]; v[j] = x }
+	return cnt % 2 ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
+}
+END {
+	print "| keys | path | ext tps | base tps | ext / base | ext / ext at " first " | base / base at " first " | ext p99 ms | base p99 ms | B/key ext | B/key base |"
+	print "|---|---|---|---|---|---|---|---|---|---|---|"
+	split("write replay once", paths, " ")
+	ns = 0; for (s in sizes) sl[++ns] = s + 0
+	for (i = 1; i <= ns; i++) for (j = i + 1; j <= ns; j++) if (sl[j] < sl[i]) { x = sl[i]; sl[i] = sl[j]; sl[j] = x }
+	for (i = 1; i <= ns; i++) {
+		s = sl[i]
+		for (p = 1; p <= 3; p++) {
+			e = s SUBSEP "ext_" paths[p]; b = s SUBSEP "base_" paths[p]
+			e0 = first SUBSEP "ext_" paths[p]; b0 = first SUBSEP "base_" paths[p]
+			et = med(tps, e, n[e]); bt = med(tps, b, n[b])
+			printf "| %d | %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f |\n", s, paths[p], et, bt,
+				(bt > 0 ? et / bt : 0), et / med(tps, e0, n[e0]), bt / med(tps, b0, n[b0]),
+				med(p99, e, n[e]), med(p99, b, n[b]), ib[s], bb[s]
+		}
+	}
+}' "$SIZE_CSV" "$RESULTS"
+echo
+echo "ext / base: the extension against plain SQL on a table of the same size, same run; ext / ext at the first size: the goal is >= 0.9 at 10^7."
+echo "CSV: ${RESULTS#"$BENCH_DIR/"}, ${SIZE_CSV#"$BENCH_DIR/"}"
+((FAILURES == 0)) || { echo "FAIL: $FAILURES run(s) failed their check"; exit 1; }
