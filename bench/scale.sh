@@ -28,6 +28,9 @@
 #   DURATION  seconds per pgbench run             (default 10)
 #   ROUNDS    rounds per size                     (default 3)
 #   CLIENTS   pgbench -c and -j                   (default 2)
+#   WARMUP    seconds of each scenario, untimed, before a size's rounds
+#             (default 10; 0 for none): at 10^7 both tables are bigger than
+#             shared_buffers and the first runs measure the cache
 #   PG_CONFIG, KEEP=1, RESULTS_DIR as for run.sh
 # Smoke test:  SIZES="10000 20000" DURATION=2 ROUNDS=1 bench/scale.sh
 set -euo pipefail
@@ -36,12 +39,14 @@ SIZES=${SIZES:-100000 1000000 10000000}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-2}
+WARMUP=${WARMUP:-10}
 KEEP=${KEEP:-0}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 
 for v in DURATION ROUNDS CLIENTS; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "scale.sh: $v must be a positive integer" >&2; exit 2; }
 done
+[[ $WARMUP =~ ^[0-9]+$ ]] || { echo "scale.sh: WARMUP must be a non-negative integer" >&2; exit 2; }
 read -r -a SIZE_LIST <<<"$SIZES"
 prev=0
 for s in "${SIZE_LIST[@]}"; do
@@ -150,13 +155,13 @@ SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(
 
 echo "size,round,pos,scenario,tps,txns,failed,p50_ms,p99_ms,ok" >"$RESULTS"
 FAILURES=0
-run_one() {	# size round pos scenario
-	local size=$1 round=$2 pos=$3 scen=$4 out tps txns failed t0 rows want lat p50 p99 ok=true
+run_one() {	# size round pos scenario [seconds]: round 0 is a warm-up, not recorded
+	local size=$1 round=$2 pos=$3 scen=$4 secs=${5:-$DURATION} out tps txns failed t0 rows want lat p50 p99 ok=true
 	t0=$(psql_q "SELECT clock_timestamp()")
 	rm -f "$WORK"/pgbench_log.*
 	set +e
 	out=$(cd "$WORK" && "${AS_PG[@]}" "$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -M prepared \
-		-T "$DURATION" -c "$CLIENTS" -j "$CLIENTS" -D size="$size" -l \
+		-T "$secs" -c "$CLIENTS" -j "$CLIENTS" -D size="$size" -l \
 		-f "$WORK/scale/$scen.sql" bench 2>&1)
 	local rc=$?
 	set -e
@@ -182,6 +187,7 @@ run_one() {	# size round pos scenario
 	fi
 	psql_q "CHECKPOINT" >/dev/null
 	[[ $ok == true ]] || FAILURES=$((FAILURES + 1))
+	((round > 0)) || { printf '  %-12s warm-up %s s, %.0f tps%s\n' "$scen" "$secs" "$tps" "$([[ $ok == true ]] || echo "  FAILED")"; return 0; }
 	printf '  %-12s tps=%9.1f p50=%6.3f ms p99=%6.3f ms%s\n' "$scen" "$tps" "$p50" "$p99" "$([[ $ok == true ]] || echo "  FAILED")"
 	echo "$size,$round,$pos,$scen,$tps,$txns,$failed,$p50,$p99,$ok" >>"$RESULTS"
 }
@@ -202,6 +208,10 @@ for size in "${SIZE_LIST[@]}"; do
 	log "loaded in $((SECONDS - t)) s: idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes)"
 	st=$(psql_q "SELECT status FROM idem_begin(md5('1')::uuid::text, '$REQ'::jsonb)")
 	[[ $st == replay ]] || { log "FAIL: a stored key answered $st, not replay"; exit 1; }
+	if ((WARMUP > 0)); then
+		log "size $size, warm-up: ${WARMUP} s of each scenario"
+		for scen in "${SCENARIOS[@]}"; do run_one "$size" 0 0 "$scen" "$WARMUP"; done
+	fi
 	for ((round = 1; round <= ROUNDS; round++)); do
 		log "size $size, round $round/$ROUNDS"
 		for ((i = 0; i < n; i++)); do
