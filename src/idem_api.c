@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 
 #include "idem_args.h"
+#include "idem_citus.h"
 #include "idem_fingerprint.h"
 #include "idem_key.h"
 #include "idem_lease.h"
@@ -297,6 +298,8 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 	IdemFingerprint fingerprint;
 	const IdemFingerprint *fp = &fingerprint;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	TimestampTz expires_at;
@@ -305,6 +308,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
 	IdemRequireArg(fcinfo, 4, "wait");
 	wait = PG_GETARG_BOOL(4);
@@ -323,7 +327,7 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 							 fingerprint.bytes);
 	}
 
-	StartKey(&cache->oids, &key, fp, now, expires_at, wait, "idem_begin()", &res);
+	StartKey(oids, &key, fp, now, expires_at, wait, "idem_begin()", &res);
 	CountBeginResult(&res);
 	IdemStatsCallEnd(&timer);
 	return MakeResultDatum(cache, &res, begin_columns);
@@ -413,6 +417,8 @@ idem_finish(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	IdemKey		key;
 	int32		code;
 	Datum		body = (Datum) 0;
@@ -423,6 +429,7 @@ idem_finish(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 3, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemRequireArg(fcinfo, 1, "response code");
 	code = PG_GETARG_INT32(1);
 	IdemCheckResponseCode(code);
@@ -442,7 +449,7 @@ idem_finish(PG_FUNCTION_ARGS)
 					 errhint("Pass a JSON body as response_body, any other as response_bytes with its Content-Type in response_headers.")));
 	}
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
 		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body,
 						headers, bytes);
@@ -474,6 +481,8 @@ idem_call(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemFingerprint fingerprint;
 	IdemKey		key;
@@ -489,6 +498,7 @@ idem_call(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 3, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemRequireArg(fcinfo, 2, "work");
 	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
 	IdemRequireArg(fcinfo, 5, "wait");
@@ -508,7 +518,7 @@ idem_call(PG_FUNCTION_ARGS)
 	if (!fingerprint.isnull)
 		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fingerprint.bytes);
 
-	StartKey(&cache->oids, &key, &fingerprint, now, expires_at, wait,
+	StartKey(oids, &key, &fingerprint, now, expires_at, wait,
 			 "idem_call()", &res);
 	CountBeginResult(&res);
 	if (strcmp(res.status, "started") != 0)
@@ -522,7 +532,7 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemWorkRun(work, PG_GETARG_DATUM(1), PG_ARGISNULL(1), &response);
 	IdemStatsCallResume(&timer);
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	/*
 	 * The key as this call began it: not finished or released by the work,
 	 * nor released and begun again with another request or ttl.
@@ -562,21 +572,24 @@ idem_release(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	IdemKey		key;
 	IdemOpenKey *open;
 	IdemStore	store;
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
 	{
-		IdemStoreOpen(&store, &cache->oids, true, false);
+		IdemStoreOpen(&store, oids, true, false);
 		IdemLeaseRelease(&store, &key, PG_GETARG_UUID_P(2));
 		IdemStoreClose(&store);
 	}
 	else
 	{
-		IdemStoreOpen(&store, &cache->oids, false, false);
+		IdemStoreOpen(&store, oids, false, false);
 		open = RequireBegunKey(&store, &key, "release");
 		IdemStoreClose(&store);
 		IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
@@ -596,6 +609,8 @@ idem_lookup(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	IdemStore	store;
@@ -607,9 +622,10 @@ idem_lookup(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	open = IdemOpenKeyFind(&key);
 
-	IdemStoreOpen(&store, &cache->oids, false, false);
+	IdemStoreOpen(&store, oids, false, false);
 	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
 		rec.expires_at > now)
 		ResultCompleted(&rec, &res);
@@ -698,7 +714,10 @@ Datum
 idem_sweep(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	int32		batch;
+	int64		deleted;
+	ListCell   *lc;
 
 	IdemRequireArg(fcinfo, 0, "batch");
 	batch = PG_GETARG_INT32(0);
@@ -709,6 +728,13 @@ idem_sweep(PG_FUNCTION_ARGS)
 				 errdetail("The batch given was %d.", batch)));
 	PreventCommandIfReadOnly("idem_sweep()");
 
-	PG_RETURN_INT64(IdemStoreSweep(&cache->oids, batch,
-								   GetCurrentTransactionStartTimestamp(), NULL, NULL));
+	deleted = IdemStoreSweep(&cache->oids, batch, now, NULL, NULL);
+	/* on Citus, and the shards of idem_tenant_keys this node holds too */
+	foreach(lc, IdemCitusLocalShards(&cache->oids))
+	{
+		if (deleted >= batch)
+			break;
+		deleted += IdemStoreSweep(lfirst(lc), batch - deleted, now, NULL, NULL);
+	}
+	PG_RETURN_INT64(deleted);
 }

@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 #include "idem_args.h"
+#include "idem_citus.h"
 #include "idem_compat.h"
 
 /*
@@ -169,6 +170,29 @@ IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
 {
 	return IdemGetTextArg(fcinfo, scope_argno, "idempotency scope",
 					  IDEM_SCOPE_MAX_LEN, true);
+}
+
+/*
+ * Where a call's keys live: the extension's own table, or on Citus the
+ * shard of the scope's tenant on this node (idem_citus.c), described in
+ * *shard.  Call it before the key is used: on Citus the scope is rewritten
+ * to the tenant's own spelling, and the key's hash with it.
+ */
+const IdemStoreOids *
+IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
+{
+	const IdemStoreOids *oids = IdemCitusStoreFor(&cache->oids, &key->scope, shard);
+
+	if (oids != &cache->oids)
+		key->hash = IdemKeyHash(key->scope, key->key);
+	return oids;
+}
+
+/* The same for a call that names a scope and no key. */
+const IdemStoreOids *
+IdemCallStoreForScope(IdemCallCache *cache, text **scope, IdemStoreOids *shard)
+{
+	return IdemCitusStoreFor(&cache->oids, scope, shard);
 }
 
 /* Raise 22023 for a ttl (or lease) that is not positive. */

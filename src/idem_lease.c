@@ -210,6 +210,8 @@ idem_lease(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	TimestampTz expires_at;
@@ -225,6 +227,7 @@ idem_lease(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
 	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
 	lease = PG_GETARG_INTERVAL_P(4);
@@ -240,7 +243,7 @@ idem_lease(PG_FUNCTION_ARGS)
 
 	memset(&res, 0, sizeof(res));
 	res.code_isnull = true;
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 
 	/* a retry of a finished or running lease is answered without a lock */
@@ -429,6 +432,8 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 {
 	IdemCallTimer timer;
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemKey		key;
 	pg_uuid_t  *token;
@@ -440,6 +445,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 4, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemRequireArg(fcinfo, 1, "lease token");
 	token = PG_GETARG_UUID_P(1);
 	phase = IdemGetTextArg(fcinfo, 2, "phase", IDEM_PHASE_MAX_LEN, false);
@@ -448,7 +454,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 		(void) IdemGetExpiry(fcinfo, 5, "extend", now);
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	PreventCommandIfReadOnly("idem_checkpoint()");
 	(void) IdemKeyLock(&key, true);

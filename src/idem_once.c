@@ -64,6 +64,8 @@ Datum
 idem_once(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	IdemKey		key;
@@ -75,10 +77,11 @@ idem_once(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	expires_at = IdemGetTtlExpiry(fcinfo, 2, now);
 	IdemCheckNotOpen(&key, "record");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	if (IdemProbeLive(&store, &key, now, &rec))
 		live = true;
 	else
@@ -198,6 +201,8 @@ Datum
 idem_once_batch(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	text	   *scope;
@@ -213,6 +218,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	scope = IdemGetScopeArg(fcinfo, 1);
+	oids = IdemCallStoreForScope(cache, &scope, &shard);
 	expires_at = IdemGetTtlExpiry(fcinfo, 2, now);
 	ids = GetBatchIds(fcinfo, &nids);
 	if (nids == 0)
@@ -228,7 +234,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 	id_cxt = AllocSetContextCreate(CurrentMemoryContext,
 								   "idempotency batch id",
 								   ALLOCSET_SMALL_SIZES);
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	for (int i = 0; i < nids; i++)
 	{
 		IdemKey		key;

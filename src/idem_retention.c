@@ -49,6 +49,8 @@ Datum
 idem_keep(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	IdemKey		key;
@@ -59,10 +61,11 @@ idem_keep(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemCheckNotOpen(&key, "keep");
 	PreventCommandIfReadOnly("idem_keep()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
@@ -155,6 +158,8 @@ Datum
 idem_erase(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	IdemCallTimer timer;
 	IdemKey		key;
 	IdemStore	store;
@@ -162,10 +167,11 @@ idem_erase(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemCheckNotOpen(&key, "erase");
 	PreventCommandIfReadOnly("idem_erase()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	erased = EraseKey(&store, &key, GetCurrentTransactionStartTimestamp());
 	IdemStoreClose(&store);
@@ -189,6 +195,8 @@ Datum
 idem_erase_scope(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	text	   *scope;
@@ -200,9 +208,10 @@ idem_erase_scope(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	scope = IdemGetScopeArg(fcinfo, 0);
+	oids = IdemCallStoreForScope(cache, &scope, &shard);
 	PreventCommandIfReadOnly("idem_erase_scope()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	scan = IdemStoreBeginScopeScan(&store, scope);
 

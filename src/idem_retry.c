@@ -66,6 +66,8 @@ Datum
 idem_fail(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	IdemKey		key;
@@ -80,6 +82,7 @@ idem_fail(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 2, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	error = IdemGetTextArg(fcinfo, 1, "error", IDEM_MAX_ERROR_LEN, false);
 	if (!PG_ARGISNULL(3))
 		max_attempts = IdemGetMaxAttempts(fcinfo, 3);
@@ -87,7 +90,7 @@ idem_fail(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "fail");
 	PreventCommandIfReadOnly("idem_fail()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	if (!PG_ARGISNULL(5))
 	{
@@ -167,6 +170,8 @@ Datum
 idem_retry(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	IdemKey		key;
@@ -177,10 +182,11 @@ idem_retry(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemCheckNotOpen(&key, "retry");
 	PreventCommandIfReadOnly("idem_retry()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
@@ -223,6 +229,8 @@ Datum
 idem_discard(PG_FUNCTION_ARGS)
 {
 	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
+	IdemStoreOids shard;
+	const IdemStoreOids *oids;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemCallTimer timer;
 	IdemKey		key;
@@ -232,10 +240,11 @@ idem_discard(PG_FUNCTION_ARGS)
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
+	oids = IdemCallStore(cache, &key, &shard);
 	IdemCheckNotOpen(&key, "discard");
 	PreventCommandIfReadOnly("idem_discard()");
 
-	IdemStoreOpen(&store, &cache->oids, true, true);
+	IdemStoreOpen(&store, oids, true, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{

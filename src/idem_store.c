@@ -194,6 +194,64 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	oids->failures = get_relname_relid(IDEM_FAILURES_NAME, nspid);
 	if (OidIsValid(oids->failures) && !IsStoreIndex(oids->failures, oids->heap))
 		oids->failures = InvalidOid;
+	oids->nspid = nspid;
+	oids->is_shard = false;
+	oids->shardid = 0;
+	oids->tenant = (Datum) 0;
+}
+
+/* One index of a shard of idem_tenant_keys: "<index>_<shard id>", as Citus names it. */
+static Oid
+LookupShardIndex(const char *index, int64 shardid, Oid nspid, Oid heap)
+{
+	char		name[NAMEDATALEN];
+	Oid			relid;
+
+	snprintf(name, sizeof(name), "%s_" INT64_FORMAT, index, shardid);
+	relid = LookupStoreRelation(name, nspid);
+	CheckStoreIndex(relid, heap);
+	return relid;
+}
+
+/*
+ * Find this node's shard shardid of idem_tenant_keys, the Citus table of
+ * keys that live with their tenant (issue #13), and its indexes.  Returns
+ * false when this node has no such table.  A table of that name owned by
+ * anyone but owner (the owner of idem_tenant_keys, whose tables Citus's
+ * shards are) is not ours: a role with CREATE on the extension's schema
+ * could make one.
+ */
+bool
+IdemStoreResolveShard(Oid nspid, int64 shardid, Oid owner, IdemStoreOids *oids)
+{
+	char		name[NAMEDATALEN];
+	Oid			heap;
+	HeapTuple	tuple;
+	bool		ours;
+
+	snprintf(name, sizeof(name), "%s_" INT64_FORMAT, IDEM_TENANT_TABLE_NAME, shardid);
+	heap = get_relname_relid(name, nspid);
+	if (!OidIsValid(heap))
+		return false;
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(heap));
+	if (!HeapTupleIsValid(tuple))
+		return false;			/* dropped just now */
+	ours = ((Form_pg_class) GETSTRUCT(tuple))->relkind == RELKIND_RELATION &&
+		((Form_pg_class) GETSTRUCT(tuple))->relowner == owner;
+	ReleaseSysCache(tuple);
+	if (!ours)
+		return false;
+
+	oids->heap = heap;
+	oids->pkey = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_pkey", shardid, nspid, heap);
+	oids->expiry = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_expires_at", shardid, nspid, heap);
+	oids->leases = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_leases", shardid, nspid, heap);
+	oids->failures = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_failures", shardid, nspid, heap);
+	oids->nspid = nspid;
+	oids->is_shard = true;
+	oids->shardid = shardid;
+	oids->tenant = (Datum) 0;
+	return true;
 }
 
 /*
@@ -329,8 +387,9 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 
 	store->heap = table_open(oids->heap, lockmode);
 	natts = RelationGetDescr(store->heap)->natts;
-	if (natts != Natts_idem_keys && natts != Natts_idem_keys_0_2 &&
-		!(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases)))
+	if (oids->is_shard ? natts != IDEM_TENANT_ATTNUM :
+		(natts != Natts_idem_keys && natts != Natts_idem_keys_0_2 &&
+		 !(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases))))
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
 	store->pkey = index_open(oids->pkey, lockmode);
@@ -639,8 +698,8 @@ FormShortTuple(TupleDesc desc, Datum *values, bool *nulls)
 static HeapTuple
 FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 {
-	Datum		values[Natts_idem_keys];
-	bool		nulls[Natts_idem_keys];
+	Datum		values[IDEM_TENANT_ATTNUM];
+	bool		nulls[IDEM_TENANT_ATTNUM];
 	bool		leased = (rec->state == IDEM_STATE_LEASED);
 	bytea	   *fp;
 
@@ -678,7 +737,7 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 
 	if (rec->response_headers != (Datum) 0 || rec->response_bytes != (Datum) 0)
 	{
-		Assert(RelationGetDescr(store->heap)->natts == Natts_idem_keys);
+		Assert(RelationGetDescr(store->heap)->natts >= Natts_idem_keys);
 		values[Anum_response_headers - 1] = rec->response_headers;
 		nulls[Anum_response_headers - 1] = (rec->response_headers == (Datum) 0);
 		values[Anum_response_bytes - 1] = rec->response_bytes;
@@ -719,6 +778,11 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
 		nulls[Anum_attempts - 1] = (rec->attempts == 0);
 	}
+	if (store->oids->is_shard)
+	{
+		values[IDEM_TENANT_ATTNUM - 1] = store->oids->tenant;
+		nulls[IDEM_TENANT_ATTNUM - 1] = false;
+	}
 
 	return FormShortTuple(RelationGetDescr(store->heap), values, nulls);
 }
@@ -756,8 +820,8 @@ static void
 InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 				   ItemPointer tid)
 {
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
 
 	/* once per store: a batch inserts many records through one */
 	if (store->pkey_info == NULL)
@@ -771,6 +835,8 @@ InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
 
 	values[0] = PointerGetDatum(key->scope);
 	values[1] = PointerGetDatum(key->key);
+	/* a shard's primary key is (scope, key, tenant): Citus's unique indexes hold the distribution column */
+	values[2] = store->oids->tenant;
 	index_insert(store->pkey, values, nulls, tid, store->heap,
 				 UNIQUE_CHECK_YES, false, store->pkey_info);
 

@@ -103,7 +103,22 @@ typedef struct IdemStoreOids
 	Oid			expiry;
 	Oid			leases;			/* InvalidOid before version 0.2.0 */
 	Oid			failures;		/* InvalidOid before version 0.4.0 */
+	Oid			nspid;			/* the extension's schema */
+
+	/*
+	 * On Citus (issue #13), a shard of idem_tenant_keys: its last column is
+	 * the tenant, the call's scope as a value of the tenant column's type,
+	 * and the primary key is (scope, key, tenant).
+	 */
+	bool		is_shard;
+	int64		shardid;
+	Datum		tenant;			/* of the call; set by idem_citus.c */
 } IdemStoreOids;
+
+/* The distributed key table that idem_citus_setup() makes. */
+#define IDEM_TENANT_TABLE_NAME	"idem_tenant_keys"
+/* Its tenant column: the one after idem_keys' columns. */
+#define IDEM_TENANT_ATTNUM		19
 
 /*
  * Where a sweep stopped in the expiry index: the key and heap TID of the
@@ -139,6 +154,8 @@ typedef struct IdemStore
 extern uint64 IdemKeyHash(const text *scope, const text *key);
 extern void IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids);
 extern bool IdemStoreResolveInstalled(IdemStoreOids *oids);
+extern bool IdemStoreResolveShard(Oid nspid, int64 shardid, Oid owner,
+								  IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
 						  bool may_write, bool for_insert);
 extern void IdemStoreClose(IdemStore *store);

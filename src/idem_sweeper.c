@@ -67,6 +67,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "idem_citus.h"
 #include "idem_compat.h"
 #include "idem_guc.h"
 #include "idem_store.h"
@@ -932,10 +933,21 @@ SweepThisDatabase(void)
 		if (!worker_report.installed)
 			worker_report.installed = IdemStoreResolveInstalled(&oids);
 		if (worker_report.installed)
-			deleted = IdemStoreSweep(&oids, batch,
-									 GetCurrentTransactionStartTimestamp(),
-									 &worker_report.resume,
+		{
+			TimestampTz now = GetCurrentTransactionStartTimestamp();
+			ListCell   *lc;
+
+			deleted = IdemStoreSweep(&oids, batch, now, &worker_report.resume,
 									 &worker_report.locked_out);
+			/* on Citus, the shards of idem_tenant_keys this node holds */
+			foreach(lc, IdemCitusLocalShards(&oids))
+			{
+				if (deleted >= batch)
+					break;
+				deleted += IdemStoreSweep(lfirst(lc), batch - deleted, now,
+										  NULL, &worker_report.locked_out);
+			}
+		}
 
 		PopActiveSnapshot();
 		CommitTransactionCommand();

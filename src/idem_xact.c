@@ -314,7 +314,7 @@ CheckUnfinishedKeys(bool prepare)
 	{
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("idempotency key %s was begun but neither finished nor released",
+				 errmsg("idempotency key %s" IDEM_UNFINISHED_MSG_TAIL,
 						KeyTagName(&first->tag)),
 				 unfinished > 1 ?
 				 errdetail_plural("%ld key in this transaction is unfinished.",

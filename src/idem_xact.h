@@ -7,6 +7,12 @@
 
 #include "idem_store.h"
 
+/*
+ * The end of the commit guard's message, by which the coordinator of a
+ * Citus cluster knows the guard's error when Citus relays it (idem_citus.c).
+ */
+#define IDEM_UNFINISHED_MSG_TAIL " was begun but neither finished nor released"
+
 typedef enum IdemOpenState
 {
 	IDEM_OPEN_BEGUN,			/* begun, not yet finished or released */

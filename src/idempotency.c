@@ -7,6 +7,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "idem_citus.h"
 #include "idem_compat.h"
 #include "idem_guc.h"
 #include "idem_stats.h"
@@ -26,6 +27,7 @@ _PG_init(void)
 		return;
 	IdemGucInit();
 	IdemXactInit();
+	IdemCitusInit();
 	if (process_shared_preload_libraries_in_progress)
 	{
 		IdemStatsInit();

@@ -1,0 +1,19 @@
+/*
+ * idem_citus.h
+ *	  Where a key lives on Citus: its tenant's shard (idem_citus.c).
+ */
+#ifndef IDEM_CITUS_H
+#define IDEM_CITUS_H
+
+#include "nodes/pg_list.h"
+
+#include "idem_store.h"
+
+extern void IdemCitusInit(void);
+extern bool IdemCitusPresent(void);
+extern const IdemStoreOids *IdemCitusStoreFor(const IdemStoreOids *local,
+											  text **scope,
+											  IdemStoreOids *shard);
+extern List *IdemCitusLocalShards(const IdemStoreOids *local);
+
+#endif							/* IDEM_CITUS_H */
