@@ -93,13 +93,6 @@
 #define CITUS_SHARD_METADATA_LOCK_CLASS 4
 #define CITUS_COLOCATED_SHARDS_METADATA_LOCK_CLASS 8
 
-/* A shard as a call needs it. */
-typedef struct TenantShard
-{
-	int64		shardid;		/* 0: none holds the hash */
-	int32		shard_index;	/* its place among the table's, by hash range */
-	int32		min;			/* its hash range's lower end */
-}			TenantShard;
 
 /*
  * Is Citus installed in this database?  Asked on every call, so kept; any
@@ -111,10 +104,13 @@ static struct
 	bool		present;
 } citus_state;
 
+static void ForgetShardMapAll(void);
+
 static void
 ForgetCitusState(Datum arg, int cacheid, uint32 hashvalue)
 {
 	citus_state.valid = false;
+	ForgetShardMapAll();
 }
 
 bool
@@ -257,145 +253,285 @@ BeginCatalogScan(Relation rel, const char *index, AttrNumber attnum,
 	return systable_beginscan(rel, indexid, OidIsValid(indexid), snapshot, 1, skey);
 }
 
-/* This node's group in Citus's metadata (0 for the coordinator). */
-static int32
-LocalGroupId(Snapshot snapshot)
+/* The owner of a relation. */
+static Oid
+RelationOwner(Oid relid)
 {
-	Relation	rel = table_open(CitusCatalog("pg_dist_local_group", false), AccessShareLock);
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/*
+ * What a call needs of Citus's metadata about idem_tenant_keys, read once
+ * and kept: the hash range, index and locality of each shard, the
+ * colocation group, and how to read a scope as a tenant.  Citus sends a
+ * relcache invalidation of a distributed table whenever a row of it in
+ * pg_dist_shard, pg_dist_placement or pg_dist_partition changes (the
+ * triggers its own metadata cache relies on), and of pg_dist_local_group
+ * when that changes; either forgets the map, as does any relation created,
+ * dropped or renamed (ForgetCitusState).  A call reads the map again after
+ * it holds the shard's lock (see IdemCitusStoreFor).
+ */
+typedef struct ShardMapEntry
+{
+	int32		min;			/* its hash range */
+	int32		max;
+	int64		shardid;
+	int32		index;			/* its place among the shards, by range */
+	bool		local;			/* this node holds a placement of it */
+} ShardMapEntry;
+
+static struct
+{
+	bool		valid;
+	Oid			shell;			/* idem_tenant_keys */
+	Oid			owner;			/* its owner, and its shards' */
+	Oid			local_group_rel;	/* pg_dist_local_group */
+	uint32		colocation;
+	int			nshards;
+	ShardMapEntry *shards;		/* sorted by min */
+	Oid			type;			/* the tenant column's */
+	int32		typmod;
+	Oid			collation;
+	Oid			infunc;
+	Oid			ioparam;
+	Oid			outfunc;
+	FmgrInfo	hash;			/* the type's hash function */
+	MemoryContext cxt;
+} shard_map;
+
+static void
+ForgetShardMapAll(void)
+{
+	shard_map.valid = false;
+}
+
+static void
+ForgetShardMap(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == shard_map.shell ||
+		relid == shard_map.local_group_rel)
+		shard_map.valid = false;
+}
+
+static int
+CompareShardMapEntries(const void *a, const void *b)
+{
+	int32		x = ((const ShardMapEntry *) a)->min;
+	int32		y = ((const ShardMapEntry *) b)->min;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* One int32 column of the first row of a Citus catalog (pg_dist_local_group). */
+static int32
+FirstRowInt32(Relation rel, const char *column, Snapshot snapshot)
+{
 	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
 	HeapTuple	tuple = systable_getnext(scan);
-	int32		group = -1;
+	int32		value = -1;
 	bool		isnull = true;
 
 	if (HeapTupleIsValid(tuple))
 	{
-		Datum		d = heap_getattr(tuple, CitusColumn(rel, "groupid"),
+		Datum		d = heap_getattr(tuple, CitusColumn(rel, column),
 									 RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
-			group = DatumGetInt32(d);
+			value = DatumGetInt32(d);
 	}
 	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return group;
+	return value;
 }
 
-/* Has this node a placement of the shard? */
-static bool
-PlacementIsLocal(int64 shardid, Snapshot snapshot)
+/* Read the shard map of idem_tenant_keys (shell) from Citus's catalogs. */
+static void
+BuildShardMap(Oid shell)
 {
-	int32		group = LocalGroupId(snapshot);
-	Relation	rel = table_open(CitusCatalog("pg_dist_placement", false), AccessShareLock);
-	AttrNumber	shard_att = CitusColumn(rel, "shardid");
-	AttrNumber	group_att = CitusColumn(rel, "groupid");
+	static bool callback_registered = false;
+	Snapshot	snapshot;
+	Relation	rel;
 	ScanKeyData skey;
 	SysScanDesc scan;
 	HeapTuple	tuple;
-	bool		local = false;
+	int32		group;
+	int			maxshards = 32;
+	MemoryContext old;
+	TypeCacheEntry *tc;
+	bool		varlena;
 
-	scan = BeginCatalogScan(rel, "pg_dist_placement_shardid_index", shard_att,
-							F_INT8EQ, Int64GetDatum(shardid), snapshot, &skey);
-	while (!local && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	if (!callback_registered)
 	{
-		bool		isnull;
-		Datum		d = heap_getattr(tuple, group_att, RelationGetDescr(rel), &isnull);
-
-		local = !isnull && DatumGetInt32(d) == group;
+		CacheRegisterRelcacheCallback(ForgetShardMap, (Datum) 0);
+		shard_map.cxt = AllocSetContextCreate(CacheMemoryContext,
+											  "idempotency Citus shard map",
+											  ALLOCSET_SMALL_SIZES);
+		callback_registered = true;
 	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return local;
-}
+	MemoryContextReset(shard_map.cxt);
+	shard_map.valid = false;
+	shard_map.shell = shell;
+	shard_map.owner = RelationOwner(shell);
+	shard_map.local_group_rel = CitusCatalog("pg_dist_local_group", false);
 
-/*
- * The shard of a distributed table whose hash range holds hash (shardid 0
- * for none): what Citus's FindShardInterval finds for a hash-distributed
- * table, with its index in the table's shards sorted by range, as Citus's
- * metadata cache numbers them.
- */
-static TenantShard
-ShardOfHash(Oid table, int32 hash, Snapshot snapshot)
-{
-	Relation	rel = table_open(CitusCatalog("pg_dist_shard", false), AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	AttrNumber	shard_att = CitusColumn(rel, "shardid");
-	AttrNumber	min_att = CitusColumn(rel, "shardminvalue");
-	AttrNumber	max_att = CitusColumn(rel, "shardmaxvalue");
-	ScanKeyData skey;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	TenantShard found = {0, 0, 0};
-	int			nmins = 0;
-	int			maxmins = 64;
-	int32	   *mins = palloc(maxmins * sizeof(int32));
+	/* the tenant: its type, and how to read, write and hash it */
+	get_atttypetypmodcoll(shell, IDEM_TENANT_ATTNUM, &shard_map.type,
+						  &shard_map.typmod, &shard_map.collation);
+	getTypeInputInfo(shard_map.type, &shard_map.infunc, &shard_map.ioparam);
+	getTypeOutputInfo(shard_map.type, &shard_map.outfunc, &varlena);
+	tc = lookup_type_cache(shard_map.type, TYPECACHE_HASH_PROC_FINFO);
+	if (!OidIsValid(tc->hash_proc))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("type %s of the tenant column has no hash function",
+						format_type_be(shard_map.type))));
+	fmgr_info_copy(&shard_map.hash, &tc->hash_proc_finfo, shard_map.cxt);
 
-	scan = BeginCatalogScan(rel, "pg_dist_shard_logical_relid_index",
-							CitusColumn(rel, "logicalrelid"), F_OIDEQ,
-							ObjectIdGetDatum(table), snapshot, &skey);
-	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
-	{
-		bool		min_null,
-					max_null,
-					id_null;
-		Datum		min_d = heap_getattr(tuple, min_att, desc, &min_null);
-		Datum		max_d = heap_getattr(tuple, max_att, desc, &max_null);
-		Datum		id = heap_getattr(tuple, shard_att, desc, &id_null);
-		int32		min;
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 
-		CHECK_FOR_INTERRUPTS();
-		if (min_null || max_null || id_null)
-			continue;
-		min = pg_strtoint32(TextDatumGetCString(min_d));
-		if (nmins == maxmins)
-		{
-			maxmins *= 2;
-			mins = repalloc(mins, maxmins * sizeof(int32));
-		}
-		mins[nmins++] = min;
-		if (found.shardid == 0 && min <= hash &&
-			hash <= pg_strtoint32(TextDatumGetCString(max_d)))
-		{
-			found.shardid = DatumGetInt64(id);
-			found.min = min;
-		}
-	}
-	systable_endscan(scan);
+	rel = table_open(shard_map.local_group_rel, AccessShareLock);
+	group = FirstRowInt32(rel, "groupid", snapshot);
 	table_close(rel, AccessShareLock);
 
-	/* hash ranges do not overlap: the index is the count of lower ranges */
-	for (int i = 0; i < nmins; i++)
-		if (mins[i] < found.min)
-			found.shard_index++;
-	pfree(mins);
-	return found;
-}
-
-/* The colocation group of a distributed table (0 for none). */
-static uint32
-ColocationOf(Oid table, Snapshot snapshot)
-{
-	Relation	rel = table_open(CitusCatalog("pg_dist_partition", false), AccessShareLock);
-	AttrNumber	colocation_att = CitusColumn(rel, "colocationid");
-	ScanKeyData skey;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	uint32		colocation = 0;
-
+	/* the colocation group: part of the shards' lock tag */
+	rel = table_open(CitusCatalog("pg_dist_partition", false), AccessShareLock);
 	scan = BeginCatalogScan(rel, "pg_dist_partition_logical_relid_index",
 							CitusColumn(rel, "logicalrelid"), F_OIDEQ,
-							ObjectIdGetDatum(table), snapshot, &skey);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
+							ObjectIdGetDatum(shell), snapshot, &skey);
+	shard_map.colocation = 0;
+	if (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
 		bool		isnull;
-		Datum		d = heap_getattr(tuple, colocation_att, RelationGetDescr(rel), &isnull);
+		Datum		d = heap_getattr(tuple, CitusColumn(rel, "colocationid"),
+									 RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
-			colocation = DatumGetUInt32(d);
+			shard_map.colocation = DatumGetUInt32(d);
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return colocation;
+
+	/* the shards and their hash ranges */
+	old = MemoryContextSwitchTo(shard_map.cxt);
+	shard_map.shards = palloc(maxshards * sizeof(ShardMapEntry));
+	MemoryContextSwitchTo(old);
+	shard_map.nshards = 0;
+	rel = table_open(CitusCatalog("pg_dist_shard", false), AccessShareLock);
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		AttrNumber	shard_att = CitusColumn(rel, "shardid");
+		AttrNumber	min_att = CitusColumn(rel, "shardminvalue");
+		AttrNumber	max_att = CitusColumn(rel, "shardmaxvalue");
+
+		scan = BeginCatalogScan(rel, "pg_dist_shard_logical_relid_index",
+								CitusColumn(rel, "logicalrelid"), F_OIDEQ,
+								ObjectIdGetDatum(shell), snapshot, &skey);
+		while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			bool		min_null,
+						max_null,
+						id_null;
+			Datum		min_d = heap_getattr(tuple, min_att, desc, &min_null);
+			Datum		max_d = heap_getattr(tuple, max_att, desc, &max_null);
+			Datum		id = heap_getattr(tuple, shard_att, desc, &id_null);
+			ShardMapEntry *e;
+
+			CHECK_FOR_INTERRUPTS();
+			if (min_null || max_null || id_null)
+				continue;
+			if (shard_map.nshards == maxshards)
+			{
+				maxshards *= 2;
+				shard_map.shards = repalloc(shard_map.shards,
+											maxshards * sizeof(ShardMapEntry));
+			}
+			e = &shard_map.shards[shard_map.nshards++];
+			e->min = pg_strtoint32(TextDatumGetCString(min_d));
+			e->max = pg_strtoint32(TextDatumGetCString(max_d));
+			e->shardid = DatumGetInt64(id);
+			e->local = false;
+		}
+		systable_endscan(scan);
+	}
+	table_close(rel, AccessShareLock);
+	qsort(shard_map.shards, shard_map.nshards, sizeof(ShardMapEntry),
+		  CompareShardMapEntries);
+
+	/* which of them this node holds */
+	rel = table_open(CitusCatalog("pg_dist_placement", false), AccessShareLock);
+	{
+		AttrNumber	shard_att = CitusColumn(rel, "shardid");
+		AttrNumber	group_att = CitusColumn(rel, "groupid");
+
+		for (int i = 0; i < shard_map.nshards; i++)
+		{
+			ShardMapEntry *e = &shard_map.shards[i];
+
+			e->index = i;
+			scan = BeginCatalogScan(rel, "pg_dist_placement_shardid_index", shard_att,
+									F_INT8EQ, Int64GetDatum(e->shardid), snapshot, &skey);
+			while (!e->local && HeapTupleIsValid(tuple = systable_getnext(scan)))
+			{
+				bool		isnull;
+				Datum		d = heap_getattr(tuple, group_att, RelationGetDescr(rel), &isnull);
+
+				e->local = !isnull && DatumGetInt32(d) == group;
+			}
+			systable_endscan(scan);
+		}
+	}
+	table_close(rel, AccessShareLock);
+	UnregisterSnapshot(snapshot);
+	shard_map.valid = true;
+}
+
+/* The shard map, read again if an invalidation (or another shell) made it stale. */
+static void
+RequireShardMap(Oid shell)
+{
+	if (!shard_map.valid || shard_map.shell != shell)
+		BuildShardMap(shell);
+}
+
+/* The shard whose hash range holds hash, or NULL: Citus's FindShardInterval. */
+static const ShardMapEntry *
+ShardForHash(int32 hash)
+{
+	int			lo = 0,
+				hi = shard_map.nshards - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		const ShardMapEntry *e = &shard_map.shards[mid];
+
+		if (hash < e->min)
+			hi = mid - 1;
+		else if (hash > e->max)
+			lo = mid + 1;
+		else
+			return e;
+	}
+	return NULL;
+}
+
+/* The lock tag of a shard's metadata, as Citus's writers and moves lock it. */
+static void
+SetShardLockTag(LOCKTAG *tag, const ShardMapEntry *e)
+{
+	if (shard_map.colocation != 0)
+		SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) e->index,
+							 shard_map.colocation,
+							 CITUS_COLOCATED_SHARDS_METADATA_LOCK_CLASS);
+	else
+		SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (e->shardid >> 32),
+							 (uint32) e->shardid, CITUS_SHARD_METADATA_LOCK_CLASS);
 }
 
 /* The error context of reading a scope as a tenant. */
@@ -412,73 +548,24 @@ ScopeAsTenantContext(void *arg)
  * error (22P02 for "abc" as a bigint): the scope is not a tenant.
  */
 static Datum
-TenantOfScope(Oid shell, const text *scope, int32 *hash)
+TenantOfScope(const text *scope, int32 *hash)
 {
-	Oid			type;
-	int32		typmod;
-	Oid			collation;
-	Oid			infunc;
-	Oid			ioparam;
 	char	   *cstr = text_to_cstring(scope);
 	ErrorContextCallback errcb;
-	TypeCacheEntry *tc;
 	Datum		tenant;
 
-	get_atttypetypmodcoll(shell, IDEM_TENANT_ATTNUM, &type, &typmod, &collation);
-	getTypeInputInfo(type, &infunc, &ioparam);
 	errcb.callback = ScopeAsTenantContext;
 	errcb.arg = cstr;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
-	tenant = OidInputFunctionCall(infunc, cstr, ioparam, typmod);
+	tenant = OidInputFunctionCall(shard_map.infunc, cstr, shard_map.ioparam,
+								  shard_map.typmod);
 	error_context_stack = errcb.previous;
-
-	tc = lookup_type_cache(type, TYPECACHE_HASH_PROC_FINFO);
-	if (!OidIsValid(tc->hash_proc))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("type %s of the tenant column has no hash function",
-						format_type_be(type))));
-	*hash = DatumGetInt32(FunctionCall1Coll(&tc->hash_proc_finfo, collation, tenant));
+	*hash = DatumGetInt32(FunctionCall1Coll(&shard_map.hash, shard_map.collation,
+											tenant));
 	return tenant;
 }
 
-/*
- * The shard of a tenant hash, whether this node has a placement of it, and
- * the locktag that Citus's writers and shard moves lock it by.
- */
-static int64
-FindShard(Oid shell, int32 hash, bool *local, LOCKTAG *tag)
-{
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	TenantShard shard = ShardOfHash(shell, hash, snapshot);
-	uint32		colocation;
-
-	*local = shard.shardid != 0 && PlacementIsLocal(shard.shardid, snapshot);
-	colocation = ColocationOf(shell, snapshot);
-	if (colocation != 0)
-		SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) shard.shard_index,
-							 colocation, CITUS_COLOCATED_SHARDS_METADATA_LOCK_CLASS);
-	else
-		SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (shard.shardid >> 32),
-							 (uint32) shard.shardid, CITUS_SHARD_METADATA_LOCK_CLASS);
-	UnregisterSnapshot(snapshot);
-	return shard.shardid;
-}
-
-/* The owner of a relation. */
-static Oid
-RelationOwner(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
 
 /* Raise 55000: Citus is here, and the keys have no table with their tenants. */
 static void
@@ -506,11 +593,9 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 	Oid			shell;
 	Datum		tenant;
 	int32		hash;
+	const ShardMapEntry *e;
 	int64		shardid;
-	bool		is_local;
 	LOCKTAG		tag;
-	Oid			outfunc;
-	bool		varlena;
 
 	if (!IdemCitusPresent())
 		return local;
@@ -526,19 +611,20 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 				 errdetail("A key lives with its tenant's shard; the empty scope is no tenant."),
 				 errhint("Pass the tenant, the value of the distribution column of the table given to idem_citus_setup(), as the scope.")));
 
-	tenant = TenantOfScope(shell, *scope, &hash);
-	getTypeOutputInfo(get_atttype(shell, IDEM_TENANT_ATTNUM), &outfunc, &varlena);
-	*scope = cstring_to_text(OidOutputFunctionCall(outfunc, tenant));
+	RequireShardMap(shell);
+	tenant = TenantOfScope(*scope, &hash);
+	*scope = cstring_to_text(OidOutputFunctionCall(shard_map.outfunc, tenant));
 	if (VARSIZE_ANY_EXHDR(*scope) > IDEM_SCOPE_MAX_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("idempotency scope is too long"),
 				 errdetail("As a tenant it is %d bytes; the limit is %d bytes.",
 						   (int) VARSIZE_ANY_EXHDR(*scope), IDEM_SCOPE_MAX_LEN)));
-	shardid = FindShard(shell, hash, &is_local, &tag);
-	if (shardid == 0)
+	e = ShardForHash(hash);
+	if (e == NULL)
 		ReportNotSetUp(local->nspid);	/* not distributed: made by hand */
-	if (!is_local)
+	shardid = e->shardid;
+	if (!e->local)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("the key of idempotency scope \"%s\" is not on this node",
@@ -546,19 +632,22 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 				 errdetail("Its tenant's shard " INT64_FORMAT " has no placement on this node, so the key would commit apart from the tenant's writes.",
 						   shardid),
 				 errhint("Call the function from the coordinator in a statement of its own, SELECT f(...) or SELECT * FROM f(...), with the scope as a %s, so that Citus delegates it to the tenant's node; Citus does not delegate a call inside an expression or a PL/pgSQL condition.",
-						 format_type_be(get_atttype(shell, IDEM_TENANT_ATTNUM)))));
+						 format_type_be(shard_map.type))));
 
 	/* what Citus's writers take; a move or split takes ExclusiveLock */
+	SetShardLockTag(&tag, e);
 	if (!RecoveryInProgress() &&
 		LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 	{
-		int64		again;
-		LOCKTAG		tag_again;
-
-		/* a move or split that held the lock has committed: look again */
+		/*
+		 * A move or split that held the lock has committed, and its
+		 * invalidations came before the lock was ours: read the map again
+		 * if they made it stale, and look again.
+		 */
 		AcceptInvalidationMessages();
-		again = FindShard(shell, hash, &is_local, &tag_again);
-		if (again != shardid || !is_local)
+		RequireShardMap(shell);
+		e = ShardForHash(hash);
+		if (e == NULL || e->shardid != shardid || !e->local)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("the shard of idempotency scope \"%s\" moved while this call waited for it",
@@ -566,7 +655,7 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 					 errhint("Retry the transaction: Citus sends it to the shard's new node.")));
 	}
 
-	if (!IdemStoreResolveShard(local->nspid, shardid, RelationOwner(shell), shard))
+	if (!IdemStoreResolveShard(local->nspid, shardid, shard_map.owner, shard))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("shard " INT64_FORMAT " of \"%s\" has a placement on this node but no table",
