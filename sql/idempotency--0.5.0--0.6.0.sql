@@ -3,6 +3,39 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "ALTER EXTENSION idempotency UPDATE TO '0.6.0'" to load this file. \quit
 
+-- Raise 42809 if an object the setup would use or replace (a relation or
+-- a function, NULL for none) is owned by a role that is not a superuser:
+-- CREATE OR REPLACE keeps an object's owner, and a database owner who made
+-- it first could change it again later (CVE-2022-2625's lesson, outside
+-- the scripts).  The library checks idem_tenant_keys' owner the same way.
+CREATE FUNCTION @extschema@.idem_citus_check_owner(obj pg_catalog.oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $check$
+DECLARE
+    owner pg_catalog.oid;
+    what pg_catalog.text;
+BEGIN
+    SELECT c.relowner, 'relation ' || obj::pg_catalog.regclass::pg_catalog.text INTO owner, what
+      FROM pg_catalog.pg_class c WHERE c.oid = obj;
+    IF NOT FOUND THEN
+        SELECT p.proowner, 'function ' || obj::pg_catalog.regprocedure::pg_catalog.text INTO owner, what
+          FROM pg_catalog.pg_proc p WHERE p.oid = obj;
+    END IF;
+    IF owner IS NOT NULL
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = owner) THEN
+        RAISE EXCEPTION '% is not idem_citus_setup()''s', what
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = pg_catalog.format('It is owned by role %s, who is not a superuser.',
+                                             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(owner))),
+                  HINT = 'Drop or rename it, then run idem_citus_setup() again.';
+    END IF;
+END
+$check$;
+
+REVOKE ALL ON FUNCTION @extschema@.idem_citus_check_owner(pg_catalog.oid) FROM PUBLIC;
+
 -- Have Citus delegate every function of the extension that takes a scope
 -- to the node of the scope's tenant, colocated with idem_tenant_keys: for a
 -- text tenant the function itself, for any other an overload whose scope
@@ -99,6 +132,11 @@ BEGIN
             -- clause is never inlined by the planner, and Citus looks for
             -- the call to delegate after the planner ran.  No SET clause:
             -- idem_call's work runs under the caller's search_path.
+            -- replace only the setup's own: a function of that signature
+            -- that a non-superuser made (a role with CREATE on this schema)
+            -- would keep its owner, who could make it anything later
+            PERFORM @extschema@.idem_citus_check_owner(
+                pg_catalog.to_regprocedure(pg_catalog.format('%s.%I(%s)', nsp, f.proname, sig)));
             body := pg_catalog.format('SELECT * FROM %s.%I(%s)', nsp, f.proname, call_args);
             EXECUTE pg_catalog.format(
                 'CREATE OR REPLACE FUNCTION %s.%I(%s) RETURNS %s LANGUAGE sql VOLATILE PARALLEL UNSAFE AS %L',
@@ -246,7 +284,7 @@ BEGIN
     END IF;
 
     -- the keys, colocated with the tenants
-    SELECT p.colocationid, a.atttypid INTO existing
+    SELECT p.colocationid, a.atttypid, c.oid INTO existing
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
       LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = c.oid
@@ -254,6 +292,7 @@ BEGIN
      WHERE c.relname = 'idem_tenant_keys'
        AND n.oid = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE oid = ext);
     IF FOUND THEN
+        PERFORM @extschema@.idem_citus_check_owner(existing.oid::pg_catalog.regclass);
         IF existing.colocationid IS DISTINCT FROM tenant.colocationid
            OR existing.atttypid IS DISTINCT FROM tenant.atttypid THEN
             RAISE EXCEPTION 'the keys already live with the tenants of another table'
@@ -312,7 +351,10 @@ BEGIN
 
     RETURN QUERY SELECT * FROM @extschema@.idem_citus_distribute();
 
-    -- the monitoring views, cluster-wide (docs/citus.md)
+    -- the monitoring views, cluster-wide (docs/citus.md); replaced only
+    -- if a superuser owns them, as the overloads
+    PERFORM @extschema@.idem_citus_check_owner(
+        pg_catalog.to_regclass(nsp || '.idem_citus_failed_keys'));
     EXECUTE pg_catalog.format($v$
         CREATE OR REPLACE VIEW %1$s.idem_citus_failed_keys AS
         SELECT k.tenant, k.scope, k.key,
@@ -327,6 +369,8 @@ BEGIN
     FOR f IN SELECT * FROM (VALUES ('idem_citus_stats', 'idem_stats'),
                                    ('idem_citus_sweeper_status', 'idem_sweeper_status')) v(name, local)
     LOOP
+        PERFORM @extschema@.idem_citus_check_owner(
+            pg_catalog.to_regclass(pg_catalog.format('%s.%I', nsp, f.name)));
         EXECUTE pg_catalog.format($v$
             CREATE OR REPLACE VIEW %1$s.%2$I AS
             SELECT r.nodeid, n.nodename, n.nodeport, r.success,

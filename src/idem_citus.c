@@ -567,6 +567,26 @@ TenantOfScope(const text *scope, int32 *hash)
 }
 
 
+/*
+ * Raise 42809 unless a superuser owns idem_tenant_keys (the one
+ * idem_citus_setup() made): a database owner, or any role with CREATE on
+ * the extension's schema, could make and distribute a table of that name,
+ * and every call would keep its keys there, for that role to read and
+ * forge.  A superuser's table is trusted as idem_keys is.
+ */
+static void
+CheckTenantTableOwner(Oid nspid)
+{
+	if (!superuser_arg(shard_map.owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("relation \"%s.%s\" is not the extension's key table",
+						get_namespace_name(nspid), IDEM_TENANT_TABLE_NAME),
+				 errdetail("It is owned by role \"%s\", who is not a superuser; idem_citus_setup() makes it as a superuser.",
+						   GetUserNameFromId(shard_map.owner, true)),
+				 errhint("Drop or rename it, then run idem_citus_setup() as a superuser.")));
+}
+
 /* Raise 55000: Citus is here, and the keys have no table with their tenants. */
 static void
 ReportNotSetUp(Oid nspid)
@@ -604,6 +624,8 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 	if (!OidIsValid(shell) || get_rel_relkind(shell) != RELKIND_RELATION ||
 		get_attnum(shell, "tenant") != IDEM_TENANT_ATTNUM)
 		ReportNotSetUp(local->nspid);
+	RequireShardMap(shell);
+	CheckTenantTableOwner(local->nspid);
 	if (VARSIZE_ANY_EXHDR(*scope) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -611,7 +633,6 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 				 errdetail("A key lives with its tenant's shard; the empty scope is no tenant."),
 				 errhint("Pass the tenant, the value of the distribution column of the table given to idem_citus_setup(), as the scope.")));
 
-	RequireShardMap(shell);
 	tenant = TenantOfScope(*scope, &hash);
 	*scope = cstring_to_text(OidOutputFunctionCall(shard_map.outfunc, tenant));
 	if (VARSIZE_ANY_EXHDR(*scope) > IDEM_SCOPE_MAX_LEN)
@@ -687,6 +708,8 @@ IdemCitusLocalShards(const IdemStoreOids *local)
 	if (!OidIsValid(shell))
 		return NIL;
 	owner = RelationOwner(shell);
+	if (!superuser_arg(owner))
+		return NIL;				/* not ours: see CheckTenantTableOwner */
 
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	rel = table_open(CitusCatalog("pg_dist_shard", false), AccessShareLock);

@@ -33,7 +33,8 @@ SELECT scope, key, state FROM idem_keys WHERE key = 'citus-1';
 SELECT p.oid::regprocedure AS function,
        has_function_privilege('regress_idem_citus_app', p.oid, 'EXECUTE') AS app_may_call
   FROM pg_proc p
- WHERE p.proname IN ('idem_citus_setup', 'idem_citus_distribute', 'idem_citus_after_update')
+ WHERE p.proname IN ('idem_citus_setup', 'idem_citus_distribute', 'idem_citus_after_update',
+                     'idem_citus_check_owner')
  ORDER BY 1;
 SET ROLE regress_idem_citus_app;
 \set VERBOSITY sqlstate

@@ -32,6 +32,7 @@ for my $name (qw(coordinator worker1 worker2))
 listen_addresses = '127.0.0.1'
 shared_preload_libraries = 'citus,idempotency'
 max_prepared_transactions = 20
+max_connections = 100
 citus.shard_count = 4
 idempotency.sweep_interval = '1s'
 });
@@ -55,10 +56,11 @@ note 'Citus ' . $coord->safe_psql('postgres',
 # A database with Citus on every node and the workers in its metadata.
 sub citus_database
 {
-	my ($db) = @_;
+	my ($db, $owner) = @_;
+	my $with = $owner ? " OWNER $owner" : '';
 	for my $node (reverse @nodes)
 	{
-		$node->safe_psql('postgres', qq{CREATE DATABASE $db}) if $db ne 'postgres';
+		$node->safe_psql('postgres', qq{CREATE DATABASE $db$with}) if $db ne 'postgres';
 		$node->safe_psql($db, q{CREATE EXTENSION citus});
 	}
 	$coord->safe_psql($db, sprintf(q{SELECT citus_set_coordinator_host('127.0.0.1', %d)}, $coord->port));
@@ -379,6 +381,53 @@ COMMIT;});
 		'replay', 'replay');
 	is($coord->safe_psql('uuids', qq{SELECT scope FROM idem_tenant_keys}), $t,
 		'the scope is the tenant\'s own text');
+};
+
+subtest 'a database owner cannot plant the keys table or an overload' => sub {
+	$coord->safe_psql('postgres', q{CREATE ROLE mallory LOGIN});
+	citus_database('attack', 'mallory');
+	$coord->safe_psql('attack', q{
+CREATE EXTENSION idempotency;
+CREATE TABLE payments (tenant_id bigint, id bigint, PRIMARY KEY (tenant_id, id));
+SELECT create_distributed_table('payments', 'tenant_id');
+});
+	# mallory owns the database, and so the schema public the extension is in
+	$coord->safe_psql('attack', q{
+SET ROLE mallory;
+CREATE TABLE public.idem_tenant_keys (created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
+    response_code int, state "char" NOT NULL, scope text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,
+    fingerprint bytea, response_body jsonb, lease_token uuid, lease_expires_at timestamptz,
+    lease_duration interval, attempts int, phase text, phase_state jsonb, response_headers jsonb,
+    response_bytes bytea, max_attempts int, last_error text, tenant bigint NOT NULL,
+    PRIMARY KEY (scope, key, tenant));
+CREATE INDEX idem_tenant_keys_expires_at ON public.idem_tenant_keys (expires_at);
+CREATE INDEX idem_tenant_keys_leases ON public.idem_tenant_keys (lease_expires_at) WHERE state = 'p';
+CREATE INDEX idem_tenant_keys_failures ON public.idem_tenant_keys (scope, key) WHERE state IN ('f', 'd');
+SELECT create_distributed_table('public.idem_tenant_keys', 'tenant', colocate_with := 'payments');
+});
+	is(sqlstate($coord, 'attack', q{SELECT idem_once('m', '42')}), '42809',
+		'a call on her table is refused (42809), on the coordinator');
+	my $holder = $coord->safe_psql('attack', q{SELECT nodeport FROM pg_dist_shard_placement
+		WHERE shardid = get_shard_id_for_distribution_column('public.idem_tenant_keys', 42)});
+	my ($w) = grep { $_->port == $holder } @workers;
+	is(sqlstate($w, 'attack', q{SELECT idem_once('m', '42')}), '42809',
+		'and on the worker that holds her shard');
+	is($coord->safe_psql('attack', q{SELECT count(*) FROM public.idem_tenant_keys}), '0',
+		'nothing was written to it');
+	is(sqlstate($coord, 'attack', q{SELECT * FROM idem_citus_setup('payments')}), '42809',
+		'the setup refuses to use it');
+	$coord->safe_psql('attack', q{DROP TABLE public.idem_tenant_keys});
+	$coord->safe_psql('attack', q{
+SET ROLE mallory;
+CREATE FUNCTION public.idem_once(key text, scope bigint, ttl interval DEFAULT '7 days')
+RETURNS boolean LANGUAGE sql AS 'SELECT true';
+});
+	is(sqlstate($coord, 'attack', q{SELECT * FROM idem_citus_setup('payments')}), '42809',
+		'nor does it replace an overload she made first');
+	is($coord->safe_psql('attack', q{SELECT prosrc FROM pg_proc WHERE proname = 'idem_once'
+		AND proowner = 'mallory'::regrole}), 'SELECT true', 'which stays as she wrote it');
+	is($coord->safe_psql('attack', q{SELECT count(*) FROM pg_class WHERE relname = 'idem_tenant_keys'}),
+		'0', 'and the refused setup left nothing behind');
 };
 
 $_->stop for @nodes;
