@@ -72,14 +72,16 @@ BEGIN
       JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace
      WHERE e.extname = 'idempotency';
     keys_name := nsp || '.idem_tenant_keys';
-    SELECT a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod) AS typname
+    SELECT a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod) AS typname, c.oid
       INTO tenant
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant'
-      JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = c.oid
+      JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = c.oid AND p.partmethod = 'h'
      WHERE c.relname = 'idem_tenant_keys'
        AND c.relnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE oid = ext);
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        PERFORM @extschema@.idem_citus_check_owner(tenant.oid);
+    ELSE
         RAISE EXCEPTION 'extension "idempotency" is not set up for Citus'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Run idem_citus_setup() first.';
@@ -105,6 +107,11 @@ BEGIN
         ELSE
             -- an overload whose scope has the tenant's type; the arguments
             -- before the scope lose their defaults (a call passes a scope)
+            IF f.modes IS NOT NULL AND NOT (f.modes <@ ARRAY['i', 'o']::pg_catalog."char"[]) THEN
+                RAISE EXCEPTION 'function %.% has an INOUT, VARIADIC or TABLE argument', nsp, f.proname
+                    USING ERRCODE = 'feature_not_supported',
+                          DETAIL = 'idem_citus_distribute() makes overloads of functions with IN arguments, then OUT ones.';
+            END IF;
             args := ''; call_args := ''; sig := ''; after_scope := false;
             FOR n IN 1 .. pg_catalog.array_length(f.types, 1) LOOP
                 IF args <> '' THEN args := args || ', '; END IF;
@@ -142,6 +149,8 @@ BEGIN
                 'CREATE OR REPLACE FUNCTION %s.%I(%s) RETURNS %s LANGUAGE sql VOLATILE PARALLEL UNSAFE AS %L',
                 nsp, f.proname, args, f.result, body);
             fn := pg_catalog.format('%s.%I(%s)', nsp, f.proname, sig)::pg_catalog.regprocedure;
+            -- and again, for one made between the check and the replace
+            PERFORM @extschema@.idem_citus_check_owner(fn);
             EXECUTE pg_catalog.format('COMMENT ON FUNCTION %s IS %L', fn::pg_catalog.text,
                 pg_catalog.format('%s with a scope of the tenant type %s, for Citus (made by idem_citus_setup())',
                                   f.proname, tenant.typname));
@@ -178,11 +187,18 @@ RETURNS pg_catalog.event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $after$
+DECLARE
+    coordinator pg_catalog.bool;
 BEGIN
+    -- Citus's functions only once Citus is known to be there: the trigger
+    -- fires for every ALTER EXTENSION in the database, Citus dropped or not
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
                     WHERE c.object_type = 'extension' AND c.object_identity = 'idempotency')
-       OR NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')
-       OR NOT pg_catalog.citus_is_coordinator() THEN
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coordinator;
+    IF NOT coordinator THEN
         RETURN;
     END IF;
     BEGIN
@@ -264,6 +280,34 @@ BEGIN
       JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
      WHERE e.extname = 'idempotency';
     keys_name := nsp || '.idem_tenant_keys';
+
+    -- The setup's objects are not the extension's members, and a schema's
+    -- owner may drop anything in it: the schema must be a superuser's
+    -- alone (the library checks the same at every call).  public belongs
+    -- to the database's owner.
+    IF EXISTS (
+        WITH s AS (
+            SELECT n.nspowner, n.nspacl,
+                   (SELECT d.datdba FROM pg_catalog.pg_database d
+                     WHERE d.datname = pg_catalog.current_database()) AS datdba
+              FROM pg_catalog.pg_namespace n
+             WHERE n.oid = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE oid = ext))
+        SELECT FROM s
+         WHERE NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                     WHERE r.oid = CASE WHEN s.nspowner = 'pg_database_owner'::pg_catalog.regrole
+                                        THEN s.datdba ELSE s.nspowner END)
+            OR EXISTS (SELECT FROM pg_catalog.aclexplode(s.nspacl) a
+                        WHERE a.privilege_type = 'CREATE'
+                          AND (a.grantee = 0
+                               OR NOT COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                                 WHERE r.oid = CASE WHEN a.grantee = 'pg_database_owner'::pg_catalog.regrole
+                                                                    THEN s.datdba ELSE a.grantee END), false)))) THEN
+        RAISE EXCEPTION 'schema % of extension "idempotency" is not a superuser''s alone', nsp
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'The keys and the overloads idem_citus_setup() makes would live in it, and a role that owns it or may create in it could drop or replace them.',
+                  HINT = 'Install the extension in a schema that a superuser owns and no one else may create in: CREATE SCHEMA idem; CREATE EXTENSION idempotency SCHEMA idem.';
+    END IF;
+
     -- distributed DDL and function changes in one transaction need one
     -- connection per node (this lasts until the function returns)
     PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
@@ -281,6 +325,17 @@ BEGIN
         RAISE EXCEPTION 'table % is not hash-distributed', tenant_table
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Name the distributed table whose distribution column holds the tenants, as create_distributed_table() made it.';
+    END IF;
+    -- one text per tenant, in every session (the library checks it too)
+    IF tenant.atttypid NOT IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                               'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.uuid'::pg_catalog.regtype,
+                               'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
+       OR (tenant.attcollation <> 0
+           AND NOT (SELECT c.collisdeterministic FROM pg_catalog.pg_collation c
+                     WHERE c.oid = tenant.attcollation)) THEN
+        RAISE EXCEPTION 'a tenant of type % is not supported', tenant.typname
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Tenants are smallint, integer, bigint, uuid, text or varchar (with a deterministic collation), whose text is one spelling per tenant.';
     END IF;
 
     -- the keys, colocated with the tenants
@@ -364,6 +419,8 @@ BEGIN
           FROM %1$s.idem_tenant_keys k
          WHERE k.state OPERATOR(pg_catalog.=) ANY ('{f,d}'::pg_catalog."char"[])
            AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()$v$, nsp);
+    PERFORM @extschema@.idem_citus_check_owner(
+        pg_catalog.to_regclass(nsp || '.idem_citus_failed_keys'));
     EXECUTE pg_catalog.format('REVOKE ALL ON %s.idem_citus_failed_keys FROM PUBLIC', nsp);
     object := nsp || '.idem_citus_failed_keys'; action := 'view of the failed and dead keys of every node'; RETURN NEXT;
     FOR f IN SELECT * FROM (VALUES ('idem_citus_stats', 'idem_stats'),
@@ -382,6 +439,8 @@ BEGIN
             nsp, f.name, f.local,
             pg_catalog.format('SELECT COALESCE(pg_catalog.json_agg(s), %L) FROM %s.%I s WHERE s.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()',
                               '[]', nsp, f.local));
+        PERFORM @extschema@.idem_citus_check_owner(
+            pg_catalog.to_regclass(pg_catalog.format('%s.%I', nsp, f.name)));
         EXECUTE pg_catalog.format('REVOKE ALL ON %s.%I FROM PUBLIC', nsp, f.name);
         EXECUTE pg_catalog.format('GRANT SELECT ON %s.%I TO pg_monitor', nsp, f.name);
         object := nsp || '.' || f.name; action := 'view of ' || f.local || ' on every node'; RETURN NEXT;

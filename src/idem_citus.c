@@ -77,8 +77,11 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
+#include "utils/acl.h"
 #include "utils/elog.h"
 #include "utils/memutils.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_database.h"
 
 #include "idem_citus.h"
 #include "idem_xact.h"
@@ -104,13 +107,10 @@ static struct
 	bool		present;
 } citus_state;
 
-static void ForgetShardMapAll(void);
-
 static void
 ForgetCitusState(Datum arg, int cacheid, uint32 hashvalue)
 {
 	citus_state.valid = false;
-	ForgetShardMapAll();
 }
 
 bool
@@ -268,6 +268,110 @@ RelationOwner(Oid relid)
 }
 
 /*
+ * The tenant types whose text is one spelling per value, in every session
+ * (no time zone, DateStyle or locale in it), whose equality is that of the
+ * text, and whose input, output and hash functions are PostgreSQL's own:
+ * a key is (scope, key) with the scope the tenant's text, so for any other
+ * type (numeric's 1.0 and 1, citext's Acme and ACME, a domain whose CHECK
+ * a database owner wrote) one tenant could have two scopes, and one key two
+ * records.  idem_citus_setup() refuses the others too.
+ */
+static void
+CheckTenantType(Oid type, Oid collation)
+{
+	switch (type)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case UUIDOID:
+			return;
+		case TEXTOID:
+		case VARCHAROID:
+			if (!OidIsValid(collation) || get_collation_isdeterministic(collation))
+				return;
+			break;
+		default:
+			break;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("a tenant of type %s is not supported", format_type_be(type)),
+			 errdetail("Tenants are smallint, integer, bigint, uuid, text or varchar (with a deterministic collation), whose text is one spelling per tenant.")));
+}
+
+/*
+ * Raise 42501 unless only superusers may create in the extension's schema,
+ * and a superuser owns it.  The setup's table, overloads and views are not
+ * the extension's members (Citus would not make a member table's shell on
+ * the workers), and a schema's owner may drop anything in it: the keys, or
+ * an overload, to put one of hers in its place that every caller then
+ * runs.  The schema public belongs to the database's owner.
+ */
+static Oid
+EffectiveRole(Oid role)
+{
+	if (role == ROLE_PG_DATABASE_OWNER)
+	{
+		HeapTuple	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
+
+		if (HeapTupleIsValid(tuple))
+		{
+			role = ((Form_pg_database) GETSTRUCT(tuple))->datdba;
+			ReleaseSysCache(tuple);
+		}
+	}
+	return role;
+}
+
+static bool
+SchemaIsSuperusers(Oid nspid)
+{
+	HeapTuple	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nspid));
+	Oid			owner;
+	bool		others_create = false;
+	bool		isnull;
+	Datum		acl_datum;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for schema %u", nspid);
+	owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
+	acl_datum = SysCacheGetAttr(NAMESPACEOID, tuple, Anum_pg_namespace_nspacl, &isnull);
+	if (!isnull)
+	{
+		Acl		   *acl = DatumGetAclP(acl_datum);
+		AclItem    *items = ACL_DAT(acl);
+
+		for (int i = 0; i < ACL_NUM(acl); i++)
+		{
+			Oid			grantee = items[i].ai_grantee;
+
+			if ((ACLITEM_GET_PRIVS(items[i]) & ACL_CREATE) &&
+				(grantee == ACL_ID_PUBLIC || !superuser_arg(EffectiveRole(grantee))))
+			{
+				others_create = true;	/* ACL_ID_PUBLIC is InvalidOid */
+				break;
+			}
+		}
+	}
+	ReleaseSysCache(tuple);
+	return superuser_arg(EffectiveRole(owner)) && !others_create;
+}
+
+static void
+CheckSchemaIsSuperusers(Oid nspid)
+{
+	if (SchemaIsSuperusers(nspid))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("schema \"%s\" of extension \"idempotency\" is not a superuser's alone",
+					get_namespace_name(nspid)),
+			 errdetail("On Citus the keys and the overloads idem_citus_setup() makes live in it, and a role that owns it or may create in it could drop or replace them."),
+			 errhint("Install the extension in a schema that a superuser owns and no one else may create in: CREATE SCHEMA idem; CREATE EXTENSION idempotency SCHEMA idem.")));
+}
+
+/*
  * What a call needs of Citus's metadata about idem_tenant_keys, read once
  * and kept: the hash range, index and locality of each shard, the
  * colocation group, and how to read a scope as a tenant.  Citus sends a
@@ -290,6 +394,7 @@ typedef struct ShardMapEntry
 static struct
 {
 	bool		valid;
+	uint64		invalidations;	/* counted, for a build that one overtook */
 	Oid			shell;			/* idem_tenant_keys */
 	Oid			owner;			/* its owner, and its shards' */
 	Oid			local_group_rel;	/* pg_dist_local_group */
@@ -307,17 +412,22 @@ static struct
 } shard_map;
 
 static void
-ForgetShardMapAll(void)
-{
-	shard_map.valid = false;
-}
-
-static void
 ForgetShardMap(Datum arg, Oid relid)
 {
 	if (!OidIsValid(relid) || relid == shard_map.shell ||
 		relid == shard_map.local_group_rel)
+	{
 		shard_map.valid = false;
+		shard_map.invalidations++;
+	}
+}
+
+/* The extension's schema changed owner or privileges: check it again. */
+static void
+ForgetShardMapSchema(Datum arg, int cacheid, uint32 hashvalue)
+{
+	shard_map.valid = false;
+	shard_map.invalidations++;
 }
 
 static int
@@ -365,10 +475,12 @@ BuildShardMap(Oid shell)
 	MemoryContext old;
 	TypeCacheEntry *tc;
 	bool		varlena;
+	uint64		before;
 
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ForgetShardMap, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, ForgetShardMapSchema, (Datum) 0);
 		shard_map.cxt = AllocSetContextCreate(CacheMemoryContext,
 											  "idempotency Citus shard map",
 											  ALLOCSET_SMALL_SIZES);
@@ -376,13 +488,16 @@ BuildShardMap(Oid shell)
 	}
 	MemoryContextReset(shard_map.cxt);
 	shard_map.valid = false;
+	before = shard_map.invalidations;
 	shard_map.shell = shell;
 	shard_map.owner = RelationOwner(shell);
+	CheckSchemaIsSuperusers(get_rel_namespace(shell));
 	shard_map.local_group_rel = CitusCatalog("pg_dist_local_group", false);
 
 	/* the tenant: its type, and how to read, write and hash it */
 	get_atttypetypmodcoll(shell, IDEM_TENANT_ATTNUM, &shard_map.type,
 						  &shard_map.typmod, &shard_map.collation);
+	CheckTenantType(shard_map.type, shard_map.collation);
 	getTypeInputInfo(shard_map.type, &shard_map.infunc, &shard_map.ioparam);
 	getTypeOutputInfo(shard_map.type, &shard_map.outfunc, &varlena);
 	tc = lookup_type_cache(shard_map.type, TYPECACHE_HASH_PROC_FINFO);
@@ -488,15 +603,23 @@ BuildShardMap(Oid shell)
 	}
 	table_close(rel, AccessShareLock);
 	UnregisterSnapshot(snapshot);
-	shard_map.valid = true;
+
+	/*
+	 * Opening the catalogs accepted invalidations: one that came after the
+	 * snapshot (a move that committed meanwhile) means the map may be stale.
+	 */
+	shard_map.valid = (shard_map.invalidations == before);
 }
 
 /* The shard map, read again if an invalidation (or another shell) made it stale. */
 static void
 RequireShardMap(Oid shell)
 {
-	if (!shard_map.valid || shard_map.shell != shell)
+	while (!shard_map.valid || shard_map.shell != shell)
+	{
+		CHECK_FOR_INTERRUPTS();
 		BuildShardMap(shell);
+	}
 }
 
 /* The shard whose hash range holds hash, or NULL: Citus's FindShardInterval. */
@@ -708,7 +831,7 @@ IdemCitusLocalShards(const IdemStoreOids *local)
 	if (!OidIsValid(shell))
 		return NIL;
 	owner = RelationOwner(shell);
-	if (!superuser_arg(owner))
+	if (!superuser_arg(owner) || !SchemaIsSuperusers(local->nspid))
 		return NIL;				/* not ours: see CheckTenantTableOwner */
 
 	snapshot = RegisterSnapshot(GetLatestSnapshot());

@@ -385,49 +385,81 @@ COMMIT;});
 
 subtest 'a database owner cannot plant the keys table or an overload' => sub {
 	$coord->safe_psql('postgres', q{CREATE ROLE mallory LOGIN});
+	my $planted_table = q{
+CREATE TABLE %1$s.idem_tenant_keys (created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
+    response_code int, state "char" NOT NULL, scope text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,
+    fingerprint bytea, response_body jsonb, lease_token uuid, lease_expires_at timestamptz,
+    lease_duration interval, attempts int, phase text, phase_state jsonb, response_headers jsonb,
+    response_bytes bytea, max_attempts int, last_error text, tenant bigint NOT NULL,
+    PRIMARY KEY (scope, key, tenant));
+CREATE INDEX idem_tenant_keys_expires_at ON %1$s.idem_tenant_keys (expires_at);
+CREATE INDEX idem_tenant_keys_leases ON %1$s.idem_tenant_keys (lease_expires_at) WHERE state = 'p';
+CREATE INDEX idem_tenant_keys_failures ON %1$s.idem_tenant_keys (scope, key) WHERE state IN ('f', 'd');
+SELECT create_distributed_table('%1$s.idem_tenant_keys', 'tenant', colocate_with := 'public.payments');
+};
+	my $planted_overload = q{
+CREATE FUNCTION %1$s.idem_once(key text, scope bigint, ttl interval DEFAULT '7 days')
+RETURNS boolean LANGUAGE sql AS 'SELECT true';
+};
+
+	# She owns the database, and so public, where the extension is: she
+	# could drop whatever the setup made there.  Calls and the setup refuse.
 	citus_database('attack', 'mallory');
 	$coord->safe_psql('attack', q{
 CREATE EXTENSION idempotency;
 CREATE TABLE payments (tenant_id bigint, id bigint, PRIMARY KEY (tenant_id, id));
 SELECT create_distributed_table('payments', 'tenant_id');
 });
-	# mallory owns the database, and so the schema public the extension is in
-	$coord->safe_psql('attack', q{
-SET ROLE mallory;
-CREATE TABLE public.idem_tenant_keys (created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
-    response_code int, state "char" NOT NULL, scope text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,
-    fingerprint bytea, response_body jsonb, lease_token uuid, lease_expires_at timestamptz,
-    lease_duration interval, attempts int, phase text, phase_state jsonb, response_headers jsonb,
-    response_bytes bytea, max_attempts int, last_error text, tenant bigint NOT NULL,
-    PRIMARY KEY (scope, key, tenant));
-CREATE INDEX idem_tenant_keys_expires_at ON public.idem_tenant_keys (expires_at);
-CREATE INDEX idem_tenant_keys_leases ON public.idem_tenant_keys (lease_expires_at) WHERE state = 'p';
-CREATE INDEX idem_tenant_keys_failures ON public.idem_tenant_keys (scope, key) WHERE state IN ('f', 'd');
-SELECT create_distributed_table('public.idem_tenant_keys', 'tenant', colocate_with := 'payments');
-});
-	is(sqlstate($coord, 'attack', q{SELECT idem_once('m', '42')}), '42809',
-		'a call on her table is refused (42809), on the coordinator');
+	$coord->safe_psql('attack', "SET ROLE mallory;\n" . sprintf($planted_table, 'public'));
 	my $holder = $coord->safe_psql('attack', q{SELECT nodeport FROM pg_dist_shard_placement
 		WHERE shardid = get_shard_id_for_distribution_column('public.idem_tenant_keys', 42)});
 	my ($w) = grep { $_->port == $holder } @workers;
-	is(sqlstate($w, 'attack', q{SELECT idem_once('m', '42')}), '42809',
+	is(sqlstate($coord, 'attack', q{SELECT idem_once('m', '42')}), '42501',
+		'in a schema she owns, a call refuses her keys table (42501), on the coordinator');
+	is(sqlstate($w, 'attack', q{SELECT idem_once('m', '42')}), '42501',
 		'and on the worker that holds her shard');
 	is($coord->safe_psql('attack', q{SELECT count(*) FROM public.idem_tenant_keys}), '0',
 		'nothing was written to it');
-	is(sqlstate($coord, 'attack', q{SELECT * FROM idem_citus_setup('payments')}), '42809',
-		'the setup refuses to use it');
-	$coord->safe_psql('attack', q{DROP TABLE public.idem_tenant_keys});
-	$coord->safe_psql('attack', q{
-SET ROLE mallory;
-CREATE FUNCTION public.idem_once(key text, scope bigint, ttl interval DEFAULT '7 days')
-RETURNS boolean LANGUAGE sql AS 'SELECT true';
+	is(sqlstate($coord, 'attack', q{SELECT * FROM idem_citus_setup('payments')}), '42501',
+		'and the setup refuses the schema');
+
+	# In a schema a superuser owns, where she could create for a while: what
+	# she made then is refused, not taken over.
+	citus_database('attack2');
+	$coord->safe_psql('attack2', q{
+CREATE SCHEMA idem;
+CREATE EXTENSION idempotency SCHEMA idem;
+CREATE TABLE payments (tenant_id bigint, id bigint, PRIMARY KEY (tenant_id, id));
+SELECT create_distributed_table('payments', 'tenant_id');
+GRANT USAGE, CREATE ON SCHEMA idem TO mallory;
+GRANT SELECT ON payments TO mallory;
 });
-	is(sqlstate($coord, 'attack', q{SELECT * FROM idem_citus_setup('payments')}), '42809',
-		'nor does it replace an overload she made first');
-	is($coord->safe_psql('attack', q{SELECT prosrc FROM pg_proc WHERE proname = 'idem_once'
+	$coord->safe_psql('attack2', "SET ROLE mallory;\n" . sprintf($planted_overload, 'idem'));
+	$coord->safe_psql('attack2', q{REVOKE CREATE ON SCHEMA idem FROM mallory});
+	is(sqlstate($coord, 'attack2', q{SELECT * FROM idem.idem_citus_setup('public.payments')}), '42809',
+		'the setup does not replace an overload she made (42809)');
+	is($coord->safe_psql('attack2', q{SELECT prosrc FROM pg_proc WHERE proname = 'idem_once'
 		AND proowner = 'mallory'::regrole}), 'SELECT true', 'which stays as she wrote it');
-	is($coord->safe_psql('attack', q{SELECT count(*) FROM pg_class WHERE relname = 'idem_tenant_keys'}),
+	is($coord->safe_psql('attack2', q{SELECT count(*) FROM pg_class WHERE relname = 'idem_tenant_keys'}),
 		'0', 'and the refused setup left nothing behind');
+	$coord->safe_psql('attack2', q{DROP FUNCTION idem.idem_once(text, bigint, interval); GRANT CREATE ON SCHEMA idem TO mallory});
+	$coord->safe_psql('attack2', "SET ROLE mallory;\n" . sprintf($planted_table, 'idem'));
+	$coord->safe_psql('attack2', q{REVOKE CREATE ON SCHEMA idem FROM mallory});
+	is(sqlstate($coord, 'attack2', q{SELECT idem.idem_once('m', '42')}), '42809',
+		'a call refuses a keys table she made (42809)');
+	is(sqlstate($coord, 'attack2', q{SELECT * FROM idem.idem_citus_setup('public.payments')}), '42809',
+		'and so does the setup');
+	is($coord->safe_psql('attack2', q{SELECT count(*) FROM idem.idem_tenant_keys}), '0',
+		'nothing was written to it');
+};
+
+subtest 'tenants whose text is not one spelling are refused' => sub {
+	$coord->safe_psql('uuids', q{
+CREATE TABLE amounts (tenant numeric, id int, PRIMARY KEY (tenant, id));
+SELECT create_distributed_table('amounts', 'tenant');
+});
+	is(sqlstate($coord, 'uuids', q{SELECT * FROM idem_citus_setup('amounts')}), '0A000',
+		'numeric (1.0 and 1 are one tenant, two texts): 0A000');
 };
 
 $_->stop for @nodes;
