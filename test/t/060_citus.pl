@@ -296,6 +296,34 @@ subtest 'tenant isolation and a rebalance take the keys along' => sub {
 	is($coord->safe_psql('postgres', q{SELECT count(*) FROM payments}), '3', 'and nothing was paid twice');
 };
 
+subtest 'a call that waited for a move and finds its shard gone is refused with 40001' => sub {
+	my ($node) = shard_of('postgres', 'idem_tenant_keys', 42);
+	my $shardid = $coord->safe_psql('postgres', q{SELECT get_shard_id_for_distribution_column('idem_tenant_keys', 42)});
+	my $group = $node->safe_psql('postgres', q{SELECT groupid FROM pg_dist_local_group});
+	# what a move does at its end, on the node it leaves: the shard's
+	# metadata lock, then the placement away, committed together
+	my $mover = $node->background_psql('postgres', on_error_stop => 1);
+	$mover->query_safe(q{BEGIN});
+	$mover->query_safe(qq{SELECT lock_shard_metadata(7, ARRAY[$shardid]::bigint[])});
+	$mover->query_safe(qq{UPDATE pg_dist_placement SET groupid = 99 WHERE shardid = $shardid});
+	my $caller = $node->background_psql('postgres', on_error_stop => 0);
+	$caller->query_until(qr/calling/, qq{\\echo calling\n\\set VERBOSITY verbose\nSELECT idem_once('moved-1', '42');\n\\echo called\n});
+	ok(poll($node, 'postgres', q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+		AND objsubid = 8 AND mode = 'ShareLock' AND NOT granted}, '1'),
+		'a call on the shard waits for the move');
+	$mover->query_safe(q{COMMIT});
+	$caller->query_until(qr/called/, '');
+	like($caller->{stderr}, qr/ERROR:  40001: the shard of idempotency scope "42" moved while this call waited for it/,
+		'then gets 40001: the placement is read again once the lock is held');
+	$caller->quit;
+	$mover->quit;
+	$node->safe_psql('postgres', qq{UPDATE pg_dist_placement SET groupid = $group WHERE shardid = $shardid});
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_tenant_keys_} . $shardid . q{ WHERE key = 'moved-1'}),
+		'0', 'and wrote nothing where the shard was');
+	is($node->safe_psql('postgres', q{SELECT idem_once('moved-1', '42')}), 't',
+		'with the placement back, the call works');
+};
+
 # --- operations ------------------------------------------------------------------
 subtest 'monitoring reads every node' => sub {
 	$coord->safe_psql('postgres', q{SELECT idem_fail('fail-1', 'card declined', 43::bigint)});
