@@ -816,47 +816,29 @@ List *
 IdemCitusLocalShards(const IdemStoreOids *local)
 {
 	Oid			shell;
-	Oid			owner;
-	Snapshot	snapshot;
-	Relation	rel;
-	ScanKeyData skey;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	AttrNumber	shard_att;
 	List	   *shards = NIL;
 
 	if (!IdemCitusPresent())
 		return NIL;
 	shell = get_relname_relid(IDEM_TENANT_TABLE_NAME, local->nspid);
-	if (!OidIsValid(shell))
-		return NIL;
-	owner = RelationOwner(shell);
-	if (!superuser_arg(owner) || !SchemaIsSuperusers(local->nspid))
+	if (!OidIsValid(shell) || !superuser_arg(RelationOwner(shell)) ||
+		!SchemaIsSuperusers(local->nspid))
 		return NIL;				/* not ours: see CheckTenantTableOwner */
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	rel = table_open(CitusCatalog("pg_dist_shard", false), AccessShareLock);
-	shard_att = CitusColumn(rel, "shardid");
-	scan = BeginCatalogScan(rel, "pg_dist_shard_logical_relid_index",
-							CitusColumn(rel, "logicalrelid"), F_OIDEQ,
-							ObjectIdGetDatum(shell), snapshot, &skey);
-	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	/* the shards placed here: not the copy a move left for Citus to drop */
+	RequireShardMap(shell);
+	for (int i = 0; i < shard_map.nshards; i++)
 	{
-		bool		isnull;
-		Datum		id = heap_getattr(tuple, shard_att, RelationGetDescr(rel), &isnull);
 		IdemStoreOids *oids;
 
-		CHECK_FOR_INTERRUPTS();
-		if (isnull)
+		if (!shard_map.shards[i].local)
 			continue;
 		oids = palloc0(sizeof(IdemStoreOids));
-		if (IdemStoreResolveShard(local->nspid, DatumGetInt64(id), owner, oids))
+		if (IdemStoreResolveShard(local->nspid, shard_map.shards[i].shardid,
+								  shard_map.owner, oids))
 			shards = lappend(shards, oids);
 		else
 			pfree(oids);
 	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	UnregisterSnapshot(snapshot);
 	return shards;
 }
