@@ -20,7 +20,10 @@
  *	 - a call on a node that holds no placement of the scope's shard
  *	   (0A000): Citus did not delegate it, as for a call inside an
  *	   expression or a PL/pgSQL IF, or it was made on the wrong node;
- *	 - a shard that moved away while the call waited for it (40001).
+ *	 - a shard that moved away while the call waited for it (40001);
+ *	 - an extension schema that a non-superuser owns or may create in
+ *	   (42501), a key table a non-superuser owns (42809), a tenant type
+ *	   whose text is not one spelling per tenant (0A000).
  *
  * The shard is found as Citus finds it (FindShardInterval): the scope is
  * read as a value of the tenant column's type, hashed with that type's
@@ -30,16 +33,19 @@
  * the keys hold every tenant's stored responses.
  *
  * Before it uses a shard, a call takes the lock that Citus's own writers
- * take on the shard's metadata (ShareLock on an advisory locktag of class
- * 4, ADV_LOCKTAG_CLASS_CITUS_SHARD_METADATA in Citus's resource_lock.h).
- * A shard move, split or tenant isolation takes ExclusiveLock on it on
- * every node before it switches the shard over, so a key written here is
- * either committed before the switch (and copied with the shard) or
- * refused after it; the placement is read again once the lock is held.
+ * take on the shard's metadata: ShareLock on the advisory locktag of
+ * Citus's SetLocktagForShardDistributionMetadata (resource_lock.h: class 8
+ * with the colocation group and the shard's index, class 4 with the shard
+ * id for a table in no group).  A shard move, split or tenant isolation
+ * takes ExclusiveLock on it on every node before it switches the shard
+ * over, so a key written here is either committed before the switch (and
+ * copied with the shard) or refused after it: the placement is read again
+ * once the lock is held.
  *
  * Nothing here runs SQL: the catalogs are read through their indexes with
  * a fresh snapshot, so no operator, function or search_path of a user's
- * changes what is found.
+ * changes what is found.  What is read is kept per backend (the shard
+ * map, below) until Citus's own invalidations say it changed.
  *
  * On the coordinator, one more thing.  The commit guard (idem_xact.c) runs
  * on the worker, at the worker's commit.  Citus commits a transaction
