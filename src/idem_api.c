@@ -717,7 +717,6 @@ idem_sweep(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	int32		batch;
 	int64		deleted;
-	ListCell   *lc;
 
 	IdemRequireArg(fcinfo, 0, "batch");
 	batch = PG_GETARG_INT32(0);
@@ -730,11 +729,7 @@ idem_sweep(PG_FUNCTION_ARGS)
 
 	deleted = IdemStoreSweep(&cache->oids, batch, now, NULL, NULL);
 	/* on Citus, and the shards of idem_tenant_keys this node holds too */
-	foreach(lc, IdemCitusLocalShards(&cache->oids))
-	{
-		if (deleted >= batch)
-			break;
-		deleted += IdemStoreSweep(lfirst(lc), batch - deleted, now, NULL, NULL);
-	}
+	if (deleted < batch)
+		deleted += IdemCitusSweepShards(&cache->oids, batch - deleted, now, NULL);
 	PG_RETURN_INT64(deleted);
 }

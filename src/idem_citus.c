@@ -815,11 +815,11 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 }
 
 /*
- * The shards of idem_tenant_keys that this node holds, for the sweeper and
- * idem_sweep(): a list of palloc'd IdemStoreOids.  Empty without Citus.
+ * The shards of idem_tenant_keys that this node holds: a list of palloc'd
+ * IdemStoreOids.  Empty without Citus.
  */
-List *
-IdemCitusLocalShards(const IdemStoreOids *local)
+static List *
+LocalShards(const IdemStoreOids *local)
 {
 	Oid			shell;
 	List	   *shards = NIL;
@@ -847,4 +847,25 @@ IdemCitusLocalShards(const IdemStoreOids *local)
 			pfree(oids);
 	}
 	return shards;
+}
+
+/*
+ * For the sweeper and idem_sweep(), after the extension's own table: up to
+ * batch expired keys of the shards this node holds (none without Citus),
+ * as IdemStoreSweep sweeps one store, from the start of each.
+ */
+int64
+IdemCitusSweepShards(const IdemStoreOids *local, int64 batch, TimestampTz now,
+					 bool *locked_out)
+{
+	int64		deleted = 0;
+	ListCell   *lc;
+
+	foreach(lc, LocalShards(local))
+	{
+		if (deleted >= batch)
+			break;
+		deleted += IdemStoreSweep(lfirst(lc), batch - deleted, now, NULL, locked_out);
+	}
+	return deleted;
 }

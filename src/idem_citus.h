@@ -5,8 +5,6 @@
 #ifndef IDEM_CITUS_H
 #define IDEM_CITUS_H
 
-#include "nodes/pg_list.h"
-
 #include "idem_store.h"
 
 extern void IdemCitusInit(void);
@@ -14,6 +12,7 @@ extern bool IdemCitusPresent(void);
 extern const IdemStoreOids *IdemCitusStoreFor(const IdemStoreOids *local,
 											  text **scope,
 											  IdemStoreOids *shard);
-extern List *IdemCitusLocalShards(const IdemStoreOids *local);
+extern int64 IdemCitusSweepShards(const IdemStoreOids *local, int64 batch,
+								  TimestampTz now, bool *locked_out);
 
 #endif							/* IDEM_CITUS_H */

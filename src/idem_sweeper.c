@@ -935,18 +935,13 @@ SweepThisDatabase(void)
 		if (worker_report.installed)
 		{
 			TimestampTz now = GetCurrentTransactionStartTimestamp();
-			ListCell   *lc;
 
 			deleted = IdemStoreSweep(&oids, batch, now, &worker_report.resume,
 									 &worker_report.locked_out);
 			/* on Citus, the shards of idem_tenant_keys this node holds */
-			foreach(lc, IdemCitusLocalShards(&oids))
-			{
-				if (deleted >= batch)
-					break;
-				deleted += IdemStoreSweep(lfirst(lc), batch - deleted, now,
-										  NULL, &worker_report.locked_out);
-			}
+			if (deleted < batch)
+				deleted += IdemCitusSweepShards(&oids, batch - deleted, now,
+												&worker_report.locked_out);
 		}
 
 		PopActiveSnapshot();
