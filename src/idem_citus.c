@@ -377,6 +377,8 @@ CheckSchemaIsSuperusers(Oid nspid)
 			 errhint("Install the extension in a schema that a superuser owns and no one else may create in: CREATE SCHEMA idem; CREATE EXTENSION idempotency SCHEMA idem.")));
 }
 
+static void ReportNotSetUp(Oid nspid);
+
 /*
  * What a call needs of Citus's metadata about idem_tenant_keys, read once
  * and kept: the hash range, index and locality of each shard, the
@@ -495,6 +497,10 @@ BuildShardMap(Oid shell)
 	MemoryContextReset(shard_map.cxt);
 	shard_map.valid = false;
 	before = shard_map.invalidations;
+	/* a table of that name but not of idem_citus_setup()'s making */
+	if (get_rel_relkind(shell) != RELKIND_RELATION ||
+		get_attnum(shell, "tenant") != IDEM_TENANT_ATTNUM)
+		ReportNotSetUp(get_rel_namespace(shell));
 	shard_map.shell = shell;
 	shard_map.owner = RelationOwner(shell);
 	CheckSchemaIsSuperusers(get_rel_namespace(shell));
@@ -750,8 +756,7 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 		return local;
 
 	shell = get_relname_relid(IDEM_TENANT_TABLE_NAME, local->nspid);
-	if (!OidIsValid(shell) || get_rel_relkind(shell) != RELKIND_RELATION ||
-		get_attnum(shell, "tenant") != IDEM_TENANT_ATTNUM)
+	if (!OidIsValid(shell))
 		ReportNotSetUp(local->nspid);
 	RequireShardMap(shell);
 	CheckTenantTableOwner(local->nspid);
