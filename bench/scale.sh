@@ -2,7 +2,7 @@
 # How the extension's cost grows with the number of keys it stores, against
 # plain SQL doing the same work on a table of the same size (issue #13).
 #
-# One throwaway cluster (shared_buffers 512MB, fsync on, synchronous_commit
+# One throwaway cluster (shared_buffers 512MB unless SHARED_BUFFERS, fsync on, synchronous_commit
 # off: CPU-bound, so that growth in the index shows and is not hidden by the
 # flush).  For each size in SIZES, both key tables are grown to that many
 # completed keys with random UUID keys (straight INSERT ... SELECT as
@@ -16,7 +16,12 @@
 #   ext_once / base_once      idem_once(new id) | INSERT ... ON CONFLICT DO
 #                             NOTHING RETURNING into the baseline's table
 # The baseline table has idem_keys' columns, collations and indexes (as
-# bench/setup.sql's base_keys).  The rows a run wrote are deleted (and
+# bench/setup.sql's base_keys).  A third table, digest_keys, asks whether a
+# smaller index key would grow more slowly: the same columns, but its unique
+# key is a 16-byte digest of (scope, key) (uuid, md5 here) instead of the
+# text pair; digest_write, digest_replay and digest_once are base_*'s
+# statements on it, the digest computed in the statement (a replay also
+# compares scope and key, as a digest layout must).  The rows a run wrote are deleted (and
 # vacuumed) after it, so every run of a size sees that size.  Per size and
 # scenario: median tps, its ratio to the baseline, the ratio to the same
 # scenario's figure at the first size, p99 latency (pgbench --log; a replay
@@ -31,6 +36,9 @@
 #   WARMUP    seconds of each scenario, untimed, before a size's rounds
 #             (default 10; 0 for none): at 10^7 both tables are bigger than
 #             shared_buffers and the first runs measure the cache
+#   SHARED_BUFFERS  the server's shared_buffers   (default 512MB, as the issue
+#             measured; 4GB holds every table at 10^7 and separates what the
+#             cache costs from what the index layout costs)
 #   PG_CONFIG, KEEP=1, RESULTS_DIR as for run.sh
 # Smoke test:  SIZES="10000 20000" DURATION=2 ROUNDS=1 bench/scale.sh
 set -euo pipefail
@@ -40,6 +48,7 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-2}
 WARMUP=${WARMUP:-10}
+SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
 KEEP=${KEEP:-0}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 
@@ -47,6 +56,7 @@ for v in DURATION ROUNDS CLIENTS; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "scale.sh: $v must be a positive integer" >&2; exit 2; }
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || { echo "scale.sh: WARMUP must be a non-negative integer" >&2; exit 2; }
+[[ $SHARED_BUFFERS =~ ^[1-9][0-9]*(kB|MB|GB)$ ]] || { echo "scale.sh: SHARED_BUFFERS must be a size such as 512MB or 4GB" >&2; exit 2; }
 read -r -a SIZE_LIST <<<"$SIZES"
 prev=0
 for s in "${SIZE_LIST[@]}"; do
@@ -67,7 +77,7 @@ bench_workdir idem-scale
 
 bench_start_cluster <<EOF
 idempotency.sweeper = off
-shared_buffers = 512MB
+shared_buffers = $SHARED_BUFFERS
 fsync = on
 synchronous_commit = off
 full_page_writes = on
@@ -94,7 +104,9 @@ CREATE TABLE base_keys (
     response_body jsonb,
     PRIMARY KEY (scope, key)
 );
-CREATE INDEX base_keys_expires_at ON base_keys (expires_at);" >/dev/null
+CREATE INDEX base_keys_expires_at ON base_keys (expires_at);
+CREATE TABLE digest_keys (LIKE base_keys INCLUDING INDEXES, kd uuid NOT NULL);
+ALTER TABLE digest_keys DROP CONSTRAINT digest_keys_pkey, ADD PRIMARY KEY (kd);" >/dev/null
 FP=$(psql_q "SELECT encode(idem_fingerprint('$REQ'::jsonb), 'hex')")
 
 # The scenarios.  Stored keys are md5(g)::uuid for g in 1..size; new keys
@@ -136,10 +148,31 @@ INSERT INTO base_keys (created_at, expires_at, state, scope, key)
 VALUES (now(), now() + interval '7 days', 'c', '', md5('o' || :r)::uuid::text)
 ON CONFLICT DO NOTHING RETURNING key;
 EOF
+# the digest layout: base_*'s statements, keyed by md5(scope || key)::uuid
+cat >"$WORK/scale/digest_write.sql" <<EOF
+\set r random(1, 9000000000000000000)
+BEGIN;
+SELECT * FROM digest_keys WHERE kd = md5(md5('w' || :r)::uuid::text)::uuid AND scope = '' AND key = md5('w' || :r)::uuid::text;
+INSERT INTO payments (key, amount) VALUES (md5('w' || :r)::uuid::text, 500);
+INSERT INTO digest_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body, kd)
+VALUES (now(), now() + interval '24 hours', 201, 'c', '', md5('w' || :r)::uuid::text,
+        '\\x$FP'::bytea, '{"id": 991, "state": "paid"}'::jsonb, md5(md5('w' || :r)::uuid::text)::uuid);
+COMMIT;
+EOF
+cat >"$WORK/scale/digest_replay.sql" <<EOF
+\set g random(1, :size)
+SELECT * FROM digest_keys WHERE kd = md5(md5(:g::text)::uuid::text)::uuid AND scope = '' AND key = md5(:g::text)::uuid::text;
+EOF
+cat >"$WORK/scale/digest_once.sql" <<EOF
+\set r random(1, 9000000000000000000)
+INSERT INTO digest_keys (created_at, expires_at, state, scope, key, kd)
+VALUES (now(), now() + interval '7 days', 'c', '', md5('o' || :r)::uuid::text, md5(md5('o' || :r)::uuid::text)::uuid)
+ON CONFLICT DO NOTHING RETURNING key;
+EOF
 [[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$WORK/scale"
-SCENARIOS=(ext_write base_write ext_replay base_replay ext_once base_once)
+SCENARIOS=(ext_write base_write digest_write ext_replay base_replay digest_replay ext_once base_once digest_once)
 
-grow_to() {	# from to: completed keys from+1..to into both tables
+grow_to() {	# from to: completed keys from+1..to into the three tables
 	psql_q "
 INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
 SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
@@ -148,8 +181,12 @@ SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(
 INSERT INTO base_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
 SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
        '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb
+  FROM generate_series($1 + 1, $2) g;
+INSERT INTO digest_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body, kd)
+SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
+       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb, md5(md5(g::text)::uuid::text)::uuid
   FROM generate_series($1 + 1, $2) g" >/dev/null
-	psql_q "VACUUM (FREEZE, ANALYZE) idem_keys, base_keys, payments" >/dev/null
+	psql_q "VACUUM (FREEZE, ANALYZE) idem_keys, base_keys, digest_keys, payments" >/dev/null
 	psql_q "CHECKPOINT" >/dev/null
 }
 
@@ -178,12 +215,14 @@ run_one() {	# size round pos scenario [seconds]: round 0 is a warm-up, not recor
 	case $scen in
 		ext_write | ext_once) rows=$(psql_q "SELECT count(*) FROM idem_keys WHERE created_at >= '$t0'") want=$txns ;;
 		base_write | base_once) rows=$(psql_q "SELECT count(*) FROM base_keys WHERE created_at >= '$t0'") want=$txns ;;
+		digest_write | digest_once) rows=$(psql_q "SELECT count(*) FROM digest_keys WHERE created_at >= '$t0'") want=$txns ;;
 		*) rows=0 want=0 ;;
 	esac
 	[[ $rows -eq $want ]] || { ok=false; log "CHECK FAILED: $scen wrote $rows key rows for $txns transactions"; }
 	if [[ $scen == *_write || $scen == *_once ]]; then
-		psql_q "DELETE FROM idem_keys WHERE created_at >= '$t0'; DELETE FROM base_keys WHERE created_at >= '$t0'; TRUNCATE payments" >/dev/null
-		psql_q "VACUUM idem_keys, base_keys" >/dev/null
+		psql_q "DELETE FROM idem_keys WHERE created_at >= '$t0'; DELETE FROM base_keys WHERE created_at >= '$t0';
+		        DELETE FROM digest_keys WHERE created_at >= '$t0'; TRUNCATE payments" >/dev/null
+		psql_q "VACUUM idem_keys, base_keys, digest_keys" >/dev/null
 	fi
 	psql_q "CHECKPOINT" >/dev/null
 	[[ $ok == true ]] || FAILURES=$((FAILURES + 1))
@@ -193,7 +232,7 @@ run_one() {	# size round pos scenario [seconds]: round 0 is a warm-up, not recor
 }
 
 SIZE_CSV=$RESULTS_DIR/scale-$TS-sizes.csv
-echo "size,idem_keys_rows,idem_keys_bytes,idem_keys_index_bytes,base_keys_rows,base_keys_bytes,base_keys_index_bytes,load_s" >"$SIZE_CSV"
+echo "size,idem_keys_rows,idem_keys_bytes,idem_keys_index_bytes,base_keys_rows,base_keys_bytes,base_keys_index_bytes,load_s,digest_keys_rows,digest_keys_bytes,digest_keys_index_bytes" >"$SIZE_CSV"
 have=0
 n=${#SCENARIOS[@]}
 for size in "${SIZE_LIST[@]}"; do
@@ -201,11 +240,12 @@ for size in "${SIZE_LIST[@]}"; do
 	t=$SECONDS
 	grow_to "$have" "$size"
 	have=$size
-	read -r ir it ii br bt bi < <(psql_q "SELECT (SELECT count(*) FROM idem_keys), pg_table_size('idem_keys'), pg_indexes_size('idem_keys'),
-	                                             (SELECT count(*) FROM base_keys), pg_table_size('base_keys'), pg_indexes_size('base_keys')" | tr '|' ' ')
-	[[ $ir -eq $size && $br -eq $size ]] || { log "FAIL: tables hold $ir and $br keys, not $size"; exit 1; }
-	echo "$size,$ir,$it,$ii,$br,$bt,$bi,$((SECONDS - t))" >>"$SIZE_CSV"
-	log "loaded in $((SECONDS - t)) s: idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes)"
+	read -r ir it ii br bt bi dr dt di < <(psql_q "SELECT (SELECT count(*) FROM idem_keys), pg_table_size('idem_keys'), pg_indexes_size('idem_keys'),
+	                                             (SELECT count(*) FROM base_keys), pg_table_size('base_keys'), pg_indexes_size('base_keys'),
+	                                             (SELECT count(*) FROM digest_keys), pg_table_size('digest_keys'), pg_indexes_size('digest_keys')" | tr '|' ' ')
+	[[ $ir -eq $size && $br -eq $size && $dr -eq $size ]] || { log "FAIL: tables hold $ir, $br and $dr keys, not $size"; exit 1; }
+	echo "$size,$ir,$it,$ii,$br,$bt,$bi,$((SECONDS - t)),$dr,$dt,$di" >>"$SIZE_CSV"
+	log "loaded in $((SECONDS - t)) s: idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes), digest_keys $(((dt + di) / size)) B/key ($((di / size)) in indexes)"
 	st=$(psql_q "SELECT status FROM idem_begin(md5('1')::uuid::text, '$REQ'::jsonb)")
 	[[ $st == replay ]] || { log "FAIL: a stored key answered $st, not replay"; exit 1; }
 	if ((WARMUP > 0)); then
@@ -221,11 +261,11 @@ for size in "${SIZE_LIST[@]}"; do
 done
 
 echo
-echo "### Cost against the number of keys (medians of $ROUNDS rounds, ${DURATION}s each, $CLIENTS clients, synchronous_commit off)"
+echo "### Cost against the number of keys (medians of $ROUNDS rounds, ${DURATION}s each, $CLIENTS clients, synchronous_commit off, shared_buffers $SHARED_BUFFERS)"
 echo
 awk -F, -v first="${SIZE_LIST[0]}" '
 FNR == 1 { next }
-FILENAME ~ /sizes/ { ib[$1] = ($3 + $4) / $2; bb[$1] = ($6 + $7) / $5; next }
+FILENAME ~ /sizes/ { ib[$1] = ($3 + $4) / $2; bb[$1] = ($6 + $7) / $5; db[$1] = ($10 + $11) / $9; next }
 { k = $1 SUBSEP $4; n[k]++; tps[k, n[k]] = $5; p99[k, n[k]] = $9; sizes[$1] = 1 }
 function med(arr, k, cnt,   i, j, x, v) {
 	for (i = 1; i <= cnt; i++) v[i] = arr[k, i]
@@ -233,8 +273,8 @@ function med(arr, k, cnt,   i, j, x, v) {
 	return cnt % 2 ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
 }
 END {
-	print "| keys | path | ext tps | base tps | ext / base | ext / ext at " first " | base / base at " first " | ext p99 ms | base p99 ms | B/key ext | B/key base |"
-	print "|---|---|---|---|---|---|---|---|---|---|---|"
+	print "| keys | path | ext tps | base tps | ext / base | ext / ext at " first " | base / base at " first " | ext p99 ms | base p99 ms | B/key ext | B/key base | digest tps | digest / base | digest / digest at " first " | digest p99 ms | B/key digest |"
+	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	split("write replay once", paths, " ")
 	ns = 0; for (s in sizes) sl[++ns] = s + 0
 	for (i = 1; i <= ns; i++) for (j = i + 1; j <= ns; j++) if (sl[j] < sl[i]) { x = sl[i]; sl[i] = sl[j]; sl[j] = x }
@@ -243,14 +283,17 @@ END {
 		for (p = 1; p <= 3; p++) {
 			e = s SUBSEP "ext_" paths[p]; b = s SUBSEP "base_" paths[p]
 			e0 = first SUBSEP "ext_" paths[p]; b0 = first SUBSEP "base_" paths[p]
-			et = med(tps, e, n[e]); bt = med(tps, b, n[b])
-			printf "| %d | %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f |\n", s, paths[p], et, bt,
+			d = s SUBSEP "digest_" paths[p]; d0 = first SUBSEP "digest_" paths[p]
+			et = med(tps, e, n[e]); bt = med(tps, b, n[b]); dt = med(tps, d, n[d])
+			printf "| %d | %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f | %.3f | %.3f | %.3f | %.0f |\n", s, paths[p], et, bt,
 				(bt > 0 ? et / bt : 0), et / med(tps, e0, n[e0]), bt / med(tps, b0, n[b0]),
-				med(p99, e, n[e]), med(p99, b, n[b]), ib[s], bb[s]
+				med(p99, e, n[e]), med(p99, b, n[b]), ib[s], bb[s],
+				dt, (bt > 0 ? dt / bt : 0), dt / med(tps, d0, n[d0]), med(p99, d, n[d]), db[s]
 		}
 	}
 }' "$SIZE_CSV" "$RESULTS"
 echo
 echo "ext / base: the extension against plain SQL on a table of the same size, same run; ext / ext at the first size: the goal is >= 0.9 at 10^7."
+echo "digest: plain SQL on digest_keys, whose unique key is a 16-byte digest of (scope, key) instead of the text pair."
 echo "CSV: ${RESULTS#"$BENCH_DIR/"}, ${SIZE_CSV#"$BENCH_DIR/"}"
 ((FAILURES == 0)) || { echo "FAIL: $FAILURES run(s) failed their check"; exit 1; }
