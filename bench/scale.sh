@@ -37,8 +37,8 @@
 #             (default 10; 0 for none): at 10^7 both tables are bigger than
 #             shared_buffers and the first runs measure the cache
 #   SHARED_BUFFERS  the server's shared_buffers   (default 512MB, as the issue
-#             measured; 4GB holds every table at 10^7 and separates what the
-#             cache costs from what the index layout costs)
+#             measured; 4GB holds any one of the three tables at 10^7, so a
+#             run measures the index layout with the cache out of the way)
 #   PG_CONFIG, KEEP=1, RESULTS_DIR as for run.sh
 # Smoke test:  SIZES="10000 20000" DURATION=2 ROUNDS=1 bench/scale.sh
 set -euo pipefail
