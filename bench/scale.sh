@@ -36,6 +36,8 @@
 #   WARMUP    seconds of each scenario, untimed, before a size's rounds
 #             (default 10; 0 for none): at 10^7 both tables are bigger than
 #             shared_buffers and the first runs measure the cache
+#   SCENARIOS a subset of the nine above, e.g. "ext_write ext_replay ext_once"
+#             (default: all); only the tables they use are loaded
 #   SHARED_BUFFERS  the server's shared_buffers   (default 512MB, as the issue
 #             measured; 4GB holds any one of the three tables at 10^7, so a
 #             run measures the index layout with the cache out of the way)
@@ -62,6 +64,15 @@ prev=0
 for s in "${SIZE_LIST[@]}"; do
 	[[ $s =~ ^[1-9][0-9]*$ ]] && ((s > prev)) || { echo "scale.sh: SIZES must be ascending positive integers" >&2; exit 2; }
 	prev=$s
+done
+
+ALL_SCENARIOS=(ext_write base_write digest_write ext_replay base_replay digest_replay ext_once base_once digest_once)
+read -r -a SCENARIOS <<<"${SCENARIOS:-${ALL_SCENARIOS[*]}}"
+((${#SCENARIOS[@]})) || { echo "scale.sh: SCENARIOS is empty" >&2; exit 2; }
+declare -A LOAD=()	# the tables the scenarios use: idem_keys, base_keys, digest_keys
+for scen in "${SCENARIOS[@]}"; do
+	[[ " ${ALL_SCENARIOS[*]} " == *" $scen "* ]] || { echo "scale.sh: unknown scenario $scen (one of: ${ALL_SCENARIOS[*]})" >&2; exit 2; }
+	case $scen in ext_*) LOAD[idem_keys]=1 ;; base_*) LOAD[base_keys]=1 ;; digest_*) LOAD[digest_keys]=1 ;; esac
 done
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -170,22 +181,19 @@ VALUES (now(), now() + interval '7 days', 'c', '', md5('o' || :r)::uuid::text, m
 ON CONFLICT DO NOTHING RETURNING key;
 EOF
 [[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$WORK/scale"
-SCENARIOS=(ext_write base_write digest_write ext_replay base_replay digest_replay ext_once base_once digest_once)
 
-grow_to() {	# from to: completed keys from+1..to into the three tables
-	psql_q "
-INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+grow_to() {	# from to: completed keys from+1..to into the tables the scenarios use
+	local t digest_col digest_val
+	for t in idem_keys base_keys digest_keys; do
+		[[ -n ${LOAD[$t]:-} ]] || continue
+		digest_col='' digest_val=''
+		[[ $t != digest_keys ]] || digest_col=', kd' digest_val=', md5(md5(g::text)::uuid::text)::uuid'
+		psql_q "
+INSERT INTO $t (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body$digest_col)
 SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
-       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb
-  FROM generate_series($1 + 1, $2) g;
-INSERT INTO base_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
-SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
-       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb
-  FROM generate_series($1 + 1, $2) g;
-INSERT INTO digest_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body, kd)
-SELECT now() - interval '1 hour', now() + interval '30 days', 201, 'c', '', md5(g::text)::uuid::text,
-       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb, md5(md5(g::text)::uuid::text)::uuid
+       '\\x$FP'::bytea, '{\"id\": 991, \"state\": \"paid\"}'::jsonb$digest_val
   FROM generate_series($1 + 1, $2) g" >/dev/null
+	done
 	psql_q "VACUUM (FREEZE, ANALYZE) idem_keys, base_keys, digest_keys, payments" >/dev/null
 	psql_q "CHECKPOINT" >/dev/null
 }
@@ -243,11 +251,16 @@ for size in "${SIZE_LIST[@]}"; do
 	read -r ir it ii br bt bi dr dt di < <(psql_q "SELECT (SELECT count(*) FROM idem_keys), pg_table_size('idem_keys'), pg_indexes_size('idem_keys'),
 	                                             (SELECT count(*) FROM base_keys), pg_table_size('base_keys'), pg_indexes_size('base_keys'),
 	                                             (SELECT count(*) FROM digest_keys), pg_table_size('digest_keys'), pg_indexes_size('digest_keys')" | tr '|' ' ')
-	[[ $ir -eq $size && $br -eq $size && $dr -eq $size ]] || { log "FAIL: tables hold $ir, $br and $dr keys, not $size"; exit 1; }
+	for want in "$ir:idem_keys" "$br:base_keys" "$dr:digest_keys"; do
+		[[ ${want%%:*} -eq $([[ -n ${LOAD[${want#*:}]:-} ]] && echo "$size" || echo 0) ]] ||
+			{ log "FAIL: ${want#*:} holds ${want%%:*} keys, not $size"; exit 1; }
+	done
 	echo "$size,$ir,$it,$ii,$br,$bt,$bi,$((SECONDS - t)),$dr,$dt,$di" >>"$SIZE_CSV"
-	log "loaded in $((SECONDS - t)) s: idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes), digest_keys $(((dt + di) / size)) B/key ($((di / size)) in indexes)"
-	st=$(psql_q "SELECT status FROM idem_begin(md5('1')::uuid::text, '$REQ'::jsonb)")
-	[[ $st == replay ]] || { log "FAIL: a stored key answered $st, not replay"; exit 1; }
+	log "loaded in $((SECONDS - t)) s (B/key of a table not loaded: 0): idem_keys $(((it + ii) / size)) B/key ($((ii / size)) in indexes), base_keys $(((bt + bi) / size)) B/key ($((bi / size)) in indexes), digest_keys $(((dt + di) / size)) B/key ($((di / size)) in indexes)"
+	if [[ -n ${LOAD[idem_keys]:-} ]]; then
+		st=$(psql_q "SELECT status FROM idem_begin(md5('1')::uuid::text, '$REQ'::jsonb)")
+		[[ $st == replay ]] || { log "FAIL: a stored key answered $st, not replay"; exit 1; }
+	fi
 	if ((WARMUP > 0)); then
 		log "size $size, warm-up: ${WARMUP} s of each scenario"
 		for scen in "${SCENARIOS[@]}"; do run_one "$size" 0 0 "$scen" "$WARMUP"; done
@@ -265,13 +278,15 @@ echo "### Cost against the number of keys (medians of $ROUNDS rounds, ${DURATION
 echo
 awk -F, -v first="${SIZE_LIST[0]}" '
 FNR == 1 { next }
-FILENAME ~ /sizes/ { ib[$1] = ($3 + $4) / $2; bb[$1] = ($6 + $7) / $5; db[$1] = ($10 + $11) / $9; next }
+FILENAME ~ /sizes/ { ib[$1] = ratio($3 + $4, $2); bb[$1] = ratio($6 + $7, $5); db[$1] = ratio($10 + $11, $9); next }
 { k = $1 SUBSEP $4; n[k]++; tps[k, n[k]] = $5; p99[k, n[k]] = $9; sizes[$1] = 1 }
 function med(arr, k, cnt,   i, j, x, v) {
+	if (cnt == 0) return 0
 	for (i = 1; i <= cnt; i++) v[i] = arr[k, i]
 	for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] < v[i]) { x = v[i]; v[i] = v[j]; v[j] = x }
 	return cnt % 2 ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
 }
+function ratio(a, b) { return b > 0 ? a / b : 0 }
 END {
 	print "| keys | path | ext tps | base tps | ext / base | ext / ext at " first " | base / base at " first " | ext p99 ms | base p99 ms | B/key ext | B/key base | digest tps | digest / base | digest / digest at " first " | digest p99 ms | B/key digest |"
 	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -286,9 +301,9 @@ END {
 			d = s SUBSEP "digest_" paths[p]; d0 = first SUBSEP "digest_" paths[p]
 			et = med(tps, e, n[e]); bt = med(tps, b, n[b]); dt = med(tps, d, n[d])
 			printf "| %d | %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f | %.3f | %.3f | %.3f | %.0f |\n", s, paths[p], et, bt,
-				(bt > 0 ? et / bt : 0), et / med(tps, e0, n[e0]), bt / med(tps, b0, n[b0]),
+				(bt > 0 ? et / bt : 0), ratio(et, med(tps, e0, n[e0])), ratio(bt, med(tps, b0, n[b0])),
 				med(p99, e, n[e]), med(p99, b, n[b]), ib[s], bb[s],
-				dt, (bt > 0 ? dt / bt : 0), dt / med(tps, d0, n[d0]), med(p99, d, n[d]), db[s]
+				dt, (bt > 0 ? dt / bt : 0), ratio(dt, med(tps, d0, n[d0])), med(p99, d, n[d]), db[s]
 		}
 	}
 }' "$SIZE_CSV" "$RESULTS"
