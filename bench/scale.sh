@@ -4,7 +4,7 @@
 #
 # One throwaway cluster (shared_buffers 512MB unless SHARED_BUFFERS, fsync on, synchronous_commit
 # off: CPU-bound, so that growth in the index shows and is not hidden by the
-# flush).  For each size in SIZES, both key tables are grown to that many
+# flush).  For each size in SIZES, the key tables the scenarios use are grown to that many
 # completed keys with random UUID keys (straight INSERT ... SELECT as
 # superuser, as bench/storage.sh loads; the keys arrive in random order, as
 # an application's do), vacuumed and checkpointed; then ROUNDS rounds of six
@@ -17,9 +17,9 @@
 #                             NOTHING RETURNING into the baseline's table
 # The baseline table has idem_keys' columns, collations and indexes (as
 # bench/setup.sql's base_keys).  A third table, digest_keys, asks whether a
-# smaller index key would grow more slowly: the same columns, but its unique
-# key is a 16-byte digest of (scope, key) (uuid, md5 here) instead of the
-# text pair; digest_write, digest_replay and digest_once are base_*'s
+# smaller index key would grow more slowly: the same columns plus kd, a
+# 16-byte digest of the key (md5(key)::uuid; the scope is always ''), which
+# is its primary key instead of the text pair; digest_write, digest_replay and digest_once are base_*'s
 # statements on it, the digest computed in the statement (a replay also
 # compares scope and key, as a digest layout must).  The rows a run wrote are deleted (and
 # vacuumed) after it, so every run of a size sees that size.  Per size and
@@ -39,8 +39,8 @@
 #   SCENARIOS a subset of the nine above, e.g. "ext_write ext_replay ext_once"
 #             (default: all); only the tables they use are loaded
 #   SHARED_BUFFERS  the server's shared_buffers   (default 512MB, as the issue
-#             measured; 4GB holds any one of the three tables at 10^7, so a
-#             run measures the index layout with the cache out of the way)
+#             measured; at 10^7, 4GB holds one of the three tables, so with
+#             SCENARIOS limited to one table's, no page is read from the OS)
 #   PG_CONFIG, KEEP=1, RESULTS_DIR as for run.sh
 # Smoke test:  SIZES="10000 20000" DURATION=2 ROUNDS=1 bench/scale.sh
 set -euo pipefail
@@ -159,7 +159,7 @@ INSERT INTO base_keys (created_at, expires_at, state, scope, key)
 VALUES (now(), now() + interval '7 days', 'c', '', md5('o' || :r)::uuid::text)
 ON CONFLICT DO NOTHING RETURNING key;
 EOF
-# the digest layout: base_*'s statements, keyed by md5(scope || key)::uuid
+# the digest layout: base_*'s statements, keyed by md5(key)::uuid (the scope is '')
 cat >"$WORK/scale/digest_write.sql" <<EOF
 \set r random(1, 9000000000000000000)
 BEGIN;
