@@ -267,7 +267,7 @@ StartKey(const IdemStoreOids *oids, const IdemKey *key,
 	bool		live;
 	bool		stale = false;
 
-	IdemStoreOpen(&store, oids, true, false);
+	IdemStoreOpen(&store, oids, true);
 	if (IdemProbeLive(&store, key, now, &rec))
 		ResultFromRecord(&rec, fp, res);
 	else if (!IdemLockAndProbe(&store, key, wait, now, caller, &rec, &live, &stale))
@@ -449,7 +449,7 @@ idem_finish(PG_FUNCTION_ARGS)
 					 errhint("Pass a JSON body as response_body, any other as response_bytes with its Content-Type in response_headers.")));
 	}
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
 		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body,
 						headers, bytes);
@@ -532,7 +532,7 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemWorkRun(work, PG_GETARG_DATUM(1), PG_ARGISNULL(1), &response);
 	IdemStatsCallResume(&timer);
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	/*
 	 * The key as this call began it: not finished or released by the work,
 	 * nor released and begun again with another request or ttl.
@@ -583,13 +583,13 @@ idem_release(PG_FUNCTION_ARGS)
 	oids = IdemCallStore(cache, &key, &shard);
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
 	{
-		IdemStoreOpen(&store, oids, true, false);
+		IdemStoreOpen(&store, oids, true);
 		IdemLeaseRelease(&store, &key, PG_GETARG_UUID_P(2));
 		IdemStoreClose(&store);
 	}
 	else
 	{
-		IdemStoreOpen(&store, oids, false, false);
+		IdemStoreOpen(&store, oids, false);
 		open = RequireBegunKey(&store, &key, "release");
 		IdemStoreClose(&store);
 		IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
@@ -625,7 +625,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	oids = IdemCallStore(cache, &key, &shard);
 	open = IdemOpenKeyFind(&key);
 
-	IdemStoreOpen(&store, oids, false, false);
+	IdemStoreOpen(&store, oids, false);
 	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
 		rec.expires_at > now)
 		ResultCompleted(&rec, &res);

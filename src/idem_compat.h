@@ -19,6 +19,7 @@
 #include "portability/instr_time.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "executor/executor.h"
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
 
@@ -78,30 +79,59 @@ index_beginscan_compat(Relation heap, Relation index, Snapshot snapshot,
 }
 
 /*
- * 16 made heap_update report which indexes want new entries (for
- * summarizing indexes); 19 added an options word (TABLE_UPDATE_NO_LOGICAL).
- * The store's indexes are all btree, so a HOT update still means no new
- * entries, which the caller tests with HeapTupleIsHeapOnly() on every
- * version; and its changes are logically replicated like any others.
+ * 16 made an update report which indexes want new entries as a
+ * TU_UpdateIndexes (summarizing indexes take entries for a HOT update too);
+ * 19 added an options word (TABLE_UPDATE_NO_LOGICAL).  *update_indexes
+ * says whether any index wants an entry, *only_summarizing whether only
+ * summarizing ones do; before 16 there are none.
  */
 static inline TM_Result
-heap_update_compat(Relation rel, ItemPointer otid, HeapTuple newtup,
-				   CommandId cid, bool wait, TM_FailureData *tmfd,
-				   LockTupleMode *lockmode)
+table_tuple_update_compat(Relation rel, ItemPointer otid, TupleTableSlot *slot,
+						  CommandId cid, bool wait, TM_FailureData *tmfd,
+						  LockTupleMode *lockmode, bool *update_indexes,
+						  bool *only_summarizing)
 {
 #if PG16_GE
-	TU_UpdateIndexes update_indexes;
-#endif
+	TU_UpdateIndexes which = TU_None;
+	TM_Result	result;
 
 #if PG19_GE
-	return heap_update(rel, otid, newtup, cid, 0, InvalidSnapshot, wait, tmfd,
-					   lockmode, &update_indexes);
-#elif PG16_GE
-	return heap_update(rel, otid, newtup, cid, InvalidSnapshot, wait, tmfd,
-					   lockmode, &update_indexes);
+	result = table_tuple_update(rel, otid, slot, cid, 0, InvalidSnapshot,
+								InvalidSnapshot, wait, tmfd, lockmode, &which);
 #else
-	return heap_update(rel, otid, newtup, cid, InvalidSnapshot, wait, tmfd,
-					   lockmode);
+	result = table_tuple_update(rel, otid, slot, cid, InvalidSnapshot,
+								InvalidSnapshot, wait, tmfd, lockmode, &which);
+#endif
+	*update_indexes = (which != TU_None);
+	*only_summarizing = (which == TU_Summarizing);
+	return result;
+#else
+	*only_summarizing = false;
+	return table_tuple_update(rel, otid, slot, cid, InvalidSnapshot,
+							  InvalidSnapshot, wait, tmfd, lockmode,
+							  update_indexes);
+#endif
+}
+
+/*
+ * 16 added onlySummarizing to ExecInsertIndexTuples; 19 folded its flags
+ * into one word and moved the slot after them.  The store never asks for
+ * speculative insertion or arbiter indexes.
+ */
+static inline List *
+ExecInsertIndexTuplesCompat(ResultRelInfo *rri, TupleTableSlot *slot,
+							EState *estate, bool update, bool only_summarizing)
+{
+#if PG19_GE
+	bits32		flags = (update ? EIIT_IS_UPDATE : 0) |
+		(only_summarizing ? EIIT_ONLY_SUMMARIZING : 0);
+
+	return ExecInsertIndexTuples(rri, estate, flags, slot, NIL, NULL);
+#elif PG16_GE
+	return ExecInsertIndexTuples(rri, slot, estate, update, false, NULL, NIL,
+								 only_summarizing);
+#else
+	return ExecInsertIndexTuples(rri, slot, estate, update, false, NULL, NIL);
 #endif
 }
 

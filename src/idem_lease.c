@@ -243,7 +243,7 @@ idem_lease(PG_FUNCTION_ARGS)
 
 	memset(&res, 0, sizeof(res));
 	res.code_isnull = true;
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 
 	/* a retry of a finished or running lease is answered without a lock */
@@ -454,7 +454,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 		(void) IdemGetExpiry(fcinfo, 5, "extend", now);
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	PreventCommandIfReadOnly("idem_checkpoint()");
 	(void) IdemKeyLock(&key, true);

@@ -81,7 +81,7 @@ idem_once(PG_FUNCTION_ARGS)
 	expires_at = IdemGetTtlExpiry(fcinfo, 2, now);
 	IdemCheckNotOpen(&key, "record");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	if (IdemProbeLive(&store, &key, now, &rec))
 		live = true;
 	else
@@ -234,7 +234,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 	id_cxt = AllocSetContextCreate(CurrentMemoryContext,
 								   "idempotency batch id",
 								   ALLOCSET_SMALL_SIZES);
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	for (int i = 0; i < nids; i++)
 	{
 		IdemKey		key;

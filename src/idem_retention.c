@@ -65,7 +65,7 @@ idem_keep(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "keep");
 	PreventCommandIfReadOnly("idem_keep()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
@@ -171,7 +171,7 @@ idem_erase(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "erase");
 	PreventCommandIfReadOnly("idem_erase()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	erased = EraseKey(&store, &key, GetCurrentTransactionStartTimestamp());
 	IdemStoreClose(&store);
@@ -211,7 +211,7 @@ idem_erase_scope(PG_FUNCTION_ARGS)
 	oids = IdemCallStoreForScope(cache, &scope, &shard);
 	PreventCommandIfReadOnly("idem_erase_scope()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	scan = IdemStoreBeginScopeScan(&store, scope);
 

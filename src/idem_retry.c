@@ -90,7 +90,7 @@ idem_fail(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "fail");
 	PreventCommandIfReadOnly("idem_fail()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	if (!PG_ARGISNULL(5))
 	{
@@ -186,7 +186,7 @@ idem_retry(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "retry");
 	PreventCommandIfReadOnly("idem_retry()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
@@ -244,7 +244,7 @@ idem_discard(PG_FUNCTION_ARGS)
 	IdemCheckNotOpen(&key, "discard");
 	PreventCommandIfReadOnly("idem_discard()");
 
-	IdemStoreOpen(&store, oids, true, true);
+	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{

@@ -33,6 +33,11 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "rewrite/prs2lock.h"
+#include "rewrite/rewriteDefine.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "common/hashfn.h"
@@ -42,6 +47,7 @@
 #include "utils/syscache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "idem_compat.h"
@@ -107,10 +113,6 @@ RecreateHint(const char *name)
 {
 	if (strcmp(name, IDEM_EXPIRY_NAME) == 0)
 		return "CREATE INDEX idem_keys_expires_at ON idem_keys (expires_at)";
-	if (strcmp(name, IDEM_LEASES_NAME) == 0)
-		return "CREATE INDEX idem_keys_leases ON idem_keys (lease_expires_at) WHERE state = 'p'";
-	if (strcmp(name, IDEM_FAILURES_NAME) == 0)
-		return "CREATE INDEX idem_keys_failures ON idem_keys (scope, key) WHERE state = ANY ('{f,d}'::\"char\"[])";
 	return NULL;
 }
 
@@ -366,11 +368,12 @@ IdemStoreResolveInstalled(IdemStoreOids *oids)
 }
 
 /*
- * Open the table and the indexes a call needs.  A call that may write (any
- * begin may, if it finds an expired record to replace) takes
+ * Open the table and its primary key for a call.  A call that may write
+ * (any begin may, if it finds an expired record to replace) takes
  * RowExclusiveLock as DML does; idem_lookup only reads and takes
  * AccessShareLock.  Both are fast-path locks, and both are allowed on a hot
- * standby.  Only inserts and updates need the other indexes.
+ * standby.  What the writes need (every index, the triggers) is opened by
+ * the first write; see BeginWrites.
  *
  * A library newer than the installed extension script still works: a 0.1.0
  * table has no lease columns (they read as NULL and are not written) and no
@@ -379,8 +382,7 @@ IdemStoreResolveInstalled(IdemStoreOids *oids)
  * only 0.4.0's idem_finish can pass.
  */
 void
-IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
-			  bool for_insert)
+IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 {
 	LOCKMODE	lockmode = may_write ? RowExclusiveLock : AccessShareLock;
 	int			natts;
@@ -393,17 +395,15 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write,
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
 	store->pkey = index_open(oids->pkey, lockmode);
-	store->expiry = for_insert ? index_open(oids->expiry, lockmode) : NULL;
-	/* the partial indexes are opened by the first write that needs them */
-	store->leases = NULL;
-	store->failures = NULL;
 	store->oids = oids;
 	store->slot = table_slot_create(store->heap, NULL);
 	store->cxt = CurrentMemoryContext;
-	store->pkey_info = NULL;
-	store->expiry_info = NULL;
-	store->leases_info = NULL;
-	store->failures_info = NULL;
+	store->estate = NULL;
+	store->rri = NULL;
+	store->write_slot = NULL;
+	store->indexes_open = false;
+	store->fire_triggers = false;
+	store->checked = 0;
 }
 
 /* Raise an error unless the store has the lease columns (version 0.2.0). */
@@ -415,21 +415,6 @@ IdemStoreRequireLeases(IdemStore *store)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("leases need version 0.2.0 of extension \"idempotency\""),
 				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
-}
-
-/* Close what IdemStoreOpen opened; locks are kept until transaction end. */
-void
-IdemStoreClose(IdemStore *store)
-{
-	ExecDropSingleTupleTableSlot(store->slot);
-	if (store->failures)
-		index_close(store->failures, NoLock);
-	if (store->leases)
-		index_close(store->leases, NoLock);
-	if (store->expiry)
-		index_close(store->expiry, NoLock);
-	index_close(store->pkey, NoLock);
-	table_close(store->heap, NoLock);
 }
 
 /* Copy the tuple in the store's slot into rec. */
@@ -788,120 +773,267 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 }
 
 /*
- * Open one of the partial indexes (leased keys, failed and dead keys) the
- * first time a record in its state is written through the store: most
- * writes are completed keys, which need neither.  The table's lock is held,
- * so taking the index's after it is the order the executor's inserts use.
+ * Writes.
+ *
+ * Every row the store writes goes through the same steps as a row that an
+ * INSERT, UPDATE or DELETE of the key table writes, taken from the
+ * executor (nodeModifyTable.c) and from logical replication's apply worker,
+ * which also writes rows without a plan (execReplication.c):
+ *
+ *	- every index of the table that is ready for inserts gets its entry
+ *	  (ExecOpenIndices, ExecInsertIndexTuples): a DBA's own indexes, partial
+ *	  and expression ones, and the copy that CREATE INDEX CONCURRENTLY or
+ *	  REINDEX CONCURRENTLY is building, from the relation cache as it stands
+ *	  once the table's lock is taken;
+ *	- NOT NULL and CHECK constraints (ExecConstraints), unique and exclusion
+ *	  constraints (in the index inserts), replica identity for a published
+ *	  table (CheckCmdReplicaIdentity);
+ *	- AFTER ... FOR EACH ROW triggers, including foreign keys' and deferred
+ *	  constraint triggers, queued per row and fired when the call closes the
+ *	  store, as at the end of a statement.  Tools that copy a table while it
+ *	  is written (pg_repack) and audit triggers see every row this way.
+ *
+ * What the store cannot do as a statement would is refused rather than
+ * skipped (CheckWritable): a BEFORE ROW trigger could change or drop the
+ * record that the call goes on to report, and statement-level, column-list
+ * and transition-table triggers and rules have no statement to belong to.
+ * Row-level security does not apply: the extension's functions are the
+ * only way application roles reach the table.
+ */
+
+/* The one bit of IdemStore.checked for each kind of write. */
+#define CHECKED_BIT(cmd)	((uint8) (1 << (int) (cmd)))
+
+/* Would a trigger fire now, given session_replication_role (TriggerEnabled)? */
+static bool
+TriggerFiresNow(const Trigger *trigger)
+{
+	if (trigger->tgenabled == TRIGGER_DISABLED)
+		return false;
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return trigger->tgenabled != TRIGGER_FIRES_ON_ORIGIN;
+	return trigger->tgenabled != TRIGGER_FIRES_ON_REPLICA;
+}
+
+/* Would a rewrite rule apply now, likewise (fireRIRrules, RewriteQuery)? */
+static bool
+RuleFiresNow(const RewriteRule *rule)
+{
+	if (rule->enabled == RULE_DISABLED)
+		return false;
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return rule->enabled != RULE_FIRES_ON_ORIGIN;
+	return rule->enabled != RULE_FIRES_ON_REPLICA;
+}
+
+static const char *
+CmdName(CmdType cmd)
+{
+	return cmd == CMD_INSERT ? "INSERT" : cmd == CMD_UPDATE ? "UPDATE" : "DELETE";
+}
+
+/*
+ * Refuse a write of kind cmd that a trigger or rule on the key table would
+ * make different from what the caller reports: see "Writes" above.  The
+ * table's lock is held, and CREATE TRIGGER and CREATE RULE conflict with it,
+ * so what is checked here holds until the call ends.
  */
 static void
-OpenPartialIndex(IdemStore *store, Oid indexid, Relation *index, IndexInfo **info)
+CheckWritable(IdemStore *store, CmdType cmd)
+{
+	Relation	heap = store->heap;
+	TriggerDesc *trigdesc = heap->trigdesc;
+	int16		event = cmd == CMD_INSERT ? TRIGGER_TYPE_INSERT :
+		cmd == CMD_UPDATE ? TRIGGER_TYPE_UPDATE : TRIGGER_TYPE_DELETE;
+
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		const Trigger *trigger = &trigdesc->triggers[i];
+
+		if ((trigger->tgtype & event) == 0 || !TriggerFiresNow(trigger))
+			continue;
+		if (TRIGGER_FOR_ROW(trigger->tgtype) && TRIGGER_FOR_AFTER(trigger->tgtype) &&
+			trigger->tgnattr == 0 && trigger->tgoldtable == NULL &&
+			trigger->tgnewtable == NULL)
+			continue;			/* fired, after the row is written */
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("trigger \"%s\" on \"%s.%s\" prevents writing an idempotency key",
+						trigger->tgname,
+						get_namespace_name(RelationGetNamespace(heap)),
+						RelationGetRelationName(heap)),
+				 errdetail("The extension fires AFTER %s ... FOR EACH ROW triggers without a column list or transition tables on its key table; a BEFORE, statement-level, column-list or transition-table trigger cannot be honoured.",
+						   CmdName(cmd)),
+				 errhint("Drop or disable the trigger, or make it an AFTER ... FOR EACH ROW trigger.")));
+	}
+
+	for (int i = 0; heap->rd_rules != NULL && i < heap->rd_rules->numLocks; i++)
+	{
+		const RewriteRule *rule = heap->rd_rules->rules[i];
+
+		if (rule->event != cmd || !RuleFiresNow(rule))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("rule on %s to \"%s.%s\" prevents writing an idempotency key",
+						CmdName(cmd),
+						get_namespace_name(RelationGetNamespace(heap)),
+						RelationGetRelationName(heap)),
+				 errdetail("The extension writes its key table directly, where no rule applies."),
+				 errhint("Drop or disable the rule.")));
+	}
+
+	/* a published table without replica identity refuses these, as in DML */
+	if (cmd != CMD_INSERT)
+		CheckCmdReplicaIdentity(heap, cmd);
+}
+
+/*
+ * Get ready for a write of kind cmd: at the first write of the call, make
+ * the executor state a statement on the key table would have; at the first
+ * write of each kind, check the table's triggers and rules for it; at the
+ * first insert or update, open every index.
+ */
+static void
+BeginWrites(IdemStore *store, CmdType cmd)
 {
 	MemoryContext old;
 
-	if (*index != NULL)
-		return;
-	if (!OidIsValid(indexid))
-		ReportMissingRelation(index == &store->leases ? IDEM_LEASES_NAME : IDEM_FAILURES_NAME,
-							  RelationGetNamespace(store->heap));
-	old = MemoryContextSwitchTo(store->cxt);
-	*index = index_open(indexid, RowExclusiveLock);
-	*info = BuildIndexInfo(*index);
-	MemoryContextSwitchTo(old);
+	if (store->estate == NULL)
+	{
+		EState	   *estate;
+		ResultRelInfo *rri;
+
+		old = MemoryContextSwitchTo(store->cxt);
+		estate = CreateExecutorState();
+		MemoryContextSwitchTo(estate->es_query_cxt);
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, store->heap, 0, NULL, 0);
+		/* where the trigger machinery looks for the target, and closes it */
+		estate->es_opened_result_relations = list_make1(rri);
+		estate->es_output_cid = GetCurrentCommandId(true);
+		store->write_slot = ExecInitExtraTupleSlot(estate,
+												   RelationGetDescr(store->heap),
+												   &TTSOpsHeapTuple);
+		store->fire_triggers = (rri->ri_TrigDesc != NULL);
+		if (store->fire_triggers)
+			AfterTriggerBeginQuery();
+		store->estate = estate;
+		store->rri = rri;
+		MemoryContextSwitchTo(old);
+	}
+	if ((store->checked & CHECKED_BIT(cmd)) == 0)
+	{
+		CheckWritable(store, cmd);
+		store->checked |= CHECKED_BIT(cmd);
+	}
+	if (cmd != CMD_DELETE && !store->indexes_open)
+	{
+		old = MemoryContextSwitchTo(store->estate->es_query_cxt);
+		ExecOpenIndices(store->rri, false);
+		MemoryContextSwitchTo(old);
+		store->indexes_open = true;
+	}
 }
 
 /*
- * Insert the index entries of a new tuple version.  The primary key is
- * checked for uniqueness as any insert or update would be: callers hold the
- * key's lock, so a violation here means a bug, and the error is
- * PostgreSQL's own unique_violation rather than a silent duplicate.  The
- * lease index is partial (WHERE state = 'p').
+ * The end of the call's writes: fire the AFTER ROW triggers they queued,
+ * close the indexes, free the executor state.
  */
 static void
-InsertIndexEntries(IdemStore *store, const IdemKey *key, const IdemRecord *rec,
-				   ItemPointer tid)
+EndWrites(IdemStore *store)
 {
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
+	EState	   *estate = store->estate;
 
-	/* once per store: a batch inserts many records through one */
-	if (store->pkey_info == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(store->cxt);
-
-		store->pkey_info = BuildIndexInfo(store->pkey);
-		store->expiry_info = BuildIndexInfo(store->expiry);
-		MemoryContextSwitchTo(old);
-	}
-
-	values[0] = PointerGetDatum(key->scope);
-	values[1] = PointerGetDatum(key->key);
-	/* a shard's primary key is (scope, key, tenant): Citus's unique indexes hold the distribution column */
-	values[2] = store->oids->tenant;
-	index_insert(store->pkey, values, nulls, tid, store->heap,
-				 UNIQUE_CHECK_YES, false, store->pkey_info);
-
-	values[0] = TimestampTzGetDatum(rec->expires_at);
-	index_insert(store->expiry, values, nulls, tid, store->heap,
-				 UNIQUE_CHECK_NO, false, store->expiry_info);
-
-	if (rec->state == IDEM_STATE_LEASED)
-	{
-		OpenPartialIndex(store, store->oids->leases, &store->leases, &store->leases_info);
-		values[0] = TimestampTzGetDatum(rec->lease_expires_at);
-		index_insert(store->leases, values, nulls, tid, store->heap,
-					 UNIQUE_CHECK_NO, false, store->leases_info);
-	}
-
-	/* failed and dead keys, for the operator's list (WHERE state IN ('f', 'd')) */
-	if (IDEM_STATE_IS_FAILURE(rec->state))
-	{
-		OpenPartialIndex(store, store->oids->failures, &store->failures, &store->failures_info);
-		values[0] = PointerGetDatum(key->scope);
-		values[1] = PointerGetDatum(key->key);
-		index_insert(store->failures, values, nulls, tid, store->heap,
-					 UNIQUE_CHECK_NO, false, store->failures_info);
-	}
+	if (store->fire_triggers)
+		AfterTriggerEndQuery(estate);
+	ExecCloseResultRelations(estate);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	store->estate = NULL;
+	store->rri = NULL;
+	store->write_slot = NULL;
 }
 
-/* Insert one key record and its index entries. */
+/*
+ * The index entries and AFTER triggers of a row version just written (the
+ * write slot holds it, with its TID; an update's replaces the one at otid).
+ * An update makes index entries only when the table AM asks for them (not
+ * for a HOT update), and only_summarizing limits them to summarizing
+ * indexes, as in ExecUpdateEpilogue.  Memory of the per-row expressions is
+ * freed, so that a batch of many keys through one store costs the memory
+ * of one.
+ */
+static void
+AfterRowWritten(IdemStore *store, CmdType cmd, ItemPointer otid,
+				bool index_entries, bool only_summarizing)
+{
+	List	   *recheck = NIL;
+	TupleTableSlot *slot = store->write_slot;
+
+	if (index_entries && store->rri->ri_NumIndices > 0)
+		recheck = ExecInsertIndexTuplesCompat(store->rri, slot, store->estate,
+											  cmd == CMD_UPDATE, only_summarizing);
+	if (store->fire_triggers && cmd == CMD_INSERT)
+		ExecARInsertTriggers(store->estate, store->rri, slot, recheck, NULL);
+	else if (store->fire_triggers)
+		ExecARUpdateTriggers(store->estate, store->rri, NULL, NULL, otid, NULL,
+							 slot, recheck, NULL, false);
+	list_free(recheck);
+	ExecClearTuple(slot);
+	ResetPerTupleExprContext(store->estate);
+}
+
+/* Put a record's tuple in the write slot and check the table's constraints. */
+static TupleTableSlot *
+PrepareRow(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
+{
+	TupleTableSlot *slot = store->write_slot;
+
+	ExecStoreHeapTuple(FormRecordTuple(store, key, rec), slot, true);
+	if (RelationGetDescr(store->heap)->constr != NULL)
+		ExecConstraints(store->rri, slot, store->estate);
+	return slot;
+}
+
+/* Insert one key record, as an INSERT would. */
 void
 IdemStoreInsert(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 {
-	HeapTuple	tuple;
+	TupleTableSlot *slot;
 
-	Assert(store->expiry != NULL);
-
-	tuple = FormRecordTuple(store, key, rec);
-	heap_insert(store->heap, tuple, GetCurrentCommandId(true), 0, NULL);
-	InsertIndexEntries(store, key, rec, &tuple->t_self);
-	heap_freetuple(tuple);
+	BeginWrites(store, CMD_INSERT);
+	slot = PrepareRow(store, key, rec);
+	table_tuple_insert(store->heap, slot, store->estate->es_output_cid, 0, NULL);
+	AfterRowWritten(store, CMD_INSERT, NULL, true, false);
 }
 
 /*
- * Replace the record at rec->tid with rec.  Callers hold the key's lock, so
- * no other call of ours can be changing the row; a transaction that locks
- * it (SELECT ... FOR SHARE, a foreign key) or a sweep deleting it is waited
- * for, as an UPDATE would, under lock_timeout and the deadlock detector (a
- * lock of our own transaction is no obstacle).  Returns false when the row
- * was changed or deleted meanwhile (a sweep); the caller probes again.  A
- * HOT update needs no new index entries; the lease updates change an
- * indexed column and are never HOT.
+ * Replace the record at rec->tid with rec, as an UPDATE would.  Callers
+ * hold the key's lock, so no other call of ours can be changing the row; a
+ * transaction that locks it (SELECT ... FOR SHARE, a foreign key) or a
+ * sweep deleting it is waited for, as an UPDATE would, under lock_timeout
+ * and the deadlock detector (a lock of our own transaction is no obstacle).
+ * Returns false when the row was changed or deleted meanwhile (a sweep);
+ * the caller probes again.
  */
 bool
 IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 {
-	HeapTuple	tuple;
+	TupleTableSlot *slot;
 	TM_FailureData tmfd;
 	LockTupleMode lockmode;
 	TM_Result	result;
 	ItemPointerData otid = rec->tid;
+	bool		update_indexes;
+	bool		only_summarizing;
 
-	Assert(store->expiry != NULL);
-
-	tuple = FormRecordTuple(store, key, rec);
-	result = heap_update_compat(store->heap, &otid, tuple,
-								GetCurrentCommandId(true), true, &tmfd,
-								&lockmode);
+	BeginWrites(store, CMD_UPDATE);
+	slot = PrepareRow(store, key, rec);
+	result = table_tuple_update_compat(store->heap, &otid, slot,
+									   store->estate->es_output_cid, true, &tmfd,
+									   &lockmode, &update_indexes,
+									   &only_summarizing);
 	switch (result)
 	{
 		case TM_Ok:
@@ -909,24 +1041,22 @@ IdemStoreUpdate(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 		case TM_SelfModified:
 		case TM_Updated:
 		case TM_Deleted:
-			heap_freetuple(tuple);
+			ExecClearTuple(slot);
 			return false;
 		default:
 			elog(ERROR, "unexpected result %d updating an idempotency key",
 				 (int) result);
 	}
-	if (!HeapTupleIsHeapOnly(tuple))
-		InsertIndexEntries(store, key, rec, &tuple->t_self);
-	heap_freetuple(tuple);
+	AfterRowWritten(store, CMD_UPDATE, &otid, update_indexes, only_summarizing);
 	return true;
 }
 
 /*
- * Delete one record.  With wait (callers that hold the key's lock), a
- * transaction that locks or is deleting the row is waited for, as for
- * IdemStoreUpdate; without it (the sweeper, which never waits), such a row
- * is left alone.  Returns false when the row was not deleted: the caller
- * probes again, or skips it.
+ * Delete one record, as a DELETE would.  With wait (callers that hold the
+ * key's lock), a transaction that locks or is deleting the row is waited
+ * for, as for IdemStoreUpdate; without it (the sweeper, which never waits),
+ * such a row is left alone.  Returns false when the row was not deleted:
+ * the caller probes again, or skips it.
  */
 bool
 IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait)
@@ -934,11 +1064,15 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait)
 	TM_FailureData tmfd;
 	TM_Result	result;
 
+	BeginWrites(store, CMD_DELETE);
 	result = table_tuple_delete_compat(store->heap, tid,
-									   GetCurrentCommandId(true), wait, &tmfd);
+									   store->estate->es_output_cid, wait, &tmfd);
 	switch (result)
 	{
 		case TM_Ok:
+			if (store->fire_triggers)
+				ExecARDeleteTriggers(store->estate, store->rri, tid, NULL, NULL,
+									 false);
 			return true;
 		case TM_SelfModified:	/* an earlier call in this command took it */
 		case TM_Updated:
@@ -950,6 +1084,21 @@ IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait)
 				 (int) result);
 	}
 	pg_unreachable();
+}
+
+/*
+ * Close what IdemStoreOpen and the writes opened; locks are kept until
+ * transaction end.  The AFTER ROW triggers of the call's writes fire here,
+ * at the end of the call, as they fire at the end of a statement.
+ */
+void
+IdemStoreClose(IdemStore *store)
+{
+	if (store->estate != NULL)
+		EndWrites(store);
+	ExecDropSingleTupleTableSlot(store->slot);
+	index_close(store->pkey, NoLock);
+	table_close(store->heap, NoLock);
 }
 
 /*
@@ -991,8 +1140,8 @@ KeyHeldByOthers(TupleTableSlot *slot)
  * below the resume point are left for a later walk from the start.
  */
 static int64
-SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
-			   IdemSweepPosition *resume)
+SweepOpenStore(IdemStore *store, Relation expiry, int64 batch,
+			   TimestampTz now, IdemSweepPosition *resume)
 {
 	ScanKeyData skeys[2];
 	int			nkeys = 1;
@@ -1002,7 +1151,6 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 	MemoryContext row_cxt;
 	bool		skip_by_tid = false;
 
-	Assert(store->expiry != NULL);
 	ScanKeyEntryInitialize(&skeys[0], 0, 1, BTLessEqualStrategyNumber,
 						   InvalidOid, InvalidOid, F_TIMESTAMP_LE,
 						   TimestampTzGetDatum(now));
@@ -1025,12 +1173,12 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 		bool		heapkeyspace = false;
 		bool		allequalimage;
 
-		if (store->expiry->rd_rel->relam == BTREE_AM_OID)
-			_bt_metaversion(store->expiry, &heapkeyspace, &allequalimage);
+		if (expiry->rd_rel->relam == BTREE_AM_OID)
+			_bt_metaversion(expiry, &heapkeyspace, &allequalimage);
 		skip_by_tid = heapkeyspace;
 	}
 
-	scan = index_beginscan_compat(store->heap, store->expiry, snapshot, nkeys, 0);
+	scan = index_beginscan_compat(store->heap, expiry, snapshot, nkeys, 0);
 	scan->xs_want_itup = skip_by_tid;
 	index_rescan(scan, skeys, nkeys, NULL, 0);
 
@@ -1093,32 +1241,46 @@ SweepOpenStore(IdemStore *store, int64 batch, TimestampTz now,
 
 /*
  * One sweep batch in the caller's transaction: see SweepOpenStore.  If
- * DDL holds the table or an index (a lock we would queue behind), does
- * nothing and sets *locked_out; locks already taken stay until transaction
- * end, as usual.
+ * DDL holds the table or its expiry index (a lock we would queue behind),
+ * does nothing and sets *locked_out; locks already taken stay until
+ * transaction end, as usual.  Deletes open no index, so the other indexes
+ * are not locked.
  */
 int64
 IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 			   IdemSweepPosition *resume, bool *locked_out)
 {
 	IdemStore	store;
+	Relation	expiry;
 	int64		deleted;
 
 	if (!ConditionalLockRelationOid(oids->heap, RowExclusiveLock) ||
 		!ConditionalLockRelationOid(oids->pkey, RowExclusiveLock) ||
-		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock) ||
-		(OidIsValid(oids->leases) &&
-		 !ConditionalLockRelationOid(oids->leases, RowExclusiveLock)) ||
-		(OidIsValid(oids->failures) &&
-		 !ConditionalLockRelationOid(oids->failures, RowExclusiveLock)))
+		!ConditionalLockRelationOid(oids->expiry, RowExclusiveLock))
 	{
 		if (locked_out != NULL)
 			*locked_out = true;
 		return 0;
 	}
-	IdemStoreOpen(&store, oids, true, true);
-	deleted = SweepOpenStore(&store, batch, now, resume);
+	IdemStoreOpen(&store, oids, true);
+	expiry = index_open(oids->expiry, RowExclusiveLock);
+	deleted = SweepOpenStore(&store, expiry, batch, now, resume);
+	index_close(expiry, NoLock);
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_KEYS_SWEPT, deleted);
 	return deleted;
+}
+
+/* The owner of the key table: whom its triggers run as when the sweeper deletes. */
+Oid
+IdemStoreOwner(const IdemStoreOids *oids)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(oids->heap));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", oids->heap);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
 }

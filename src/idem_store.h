@@ -134,21 +134,26 @@ typedef struct IdemSweepPosition
 	ItemPointerData tid;
 } IdemSweepPosition;
 
-/* The store, opened for one call. */
+/*
+ * The store, opened for one call.  Its writes go through the executor's
+ * own machinery for a table (see BeginWrites in idem_store.c): estate and
+ * rri are made at the first write and torn down by IdemStoreClose.
+ */
 typedef struct IdemStore
 {
 	Relation	heap;
 	Relation	pkey;
-	Relation	expiry;			/* only when opened for inserts */
-	Relation	leases;			/* opened at the first leased record written */
-	Relation	failures;		/* at the first failed or dead one (0.4.0) */
 	const IdemStoreOids *oids;
-	TupleTableSlot *slot;
+	TupleTableSlot *slot;		/* for reads */
 	MemoryContext cxt;			/* where it was opened */
-	struct IndexInfo *pkey_info;	/* built at the first insert */
-	struct IndexInfo *expiry_info;
-	struct IndexInfo *leases_info;
-	struct IndexInfo *failures_info;
+
+	/* the writes of the call, as an INSERT, UPDATE or DELETE would make them */
+	struct EState *estate;		/* NULL until the first write */
+	struct ResultRelInfo *rri;	/* the key table, its indexes and triggers */
+	TupleTableSlot *write_slot; /* the row being written */
+	bool		indexes_open;	/* ExecOpenIndices done (inserts, updates) */
+	bool		fire_triggers;	/* the table has row triggers to fire */
+	uint8		checked;		/* the CmdTypes whose triggers and rules were checked */
 } IdemStore;
 
 extern uint64 IdemKeyHash(const text *scope, const text *key);
@@ -157,7 +162,7 @@ extern bool IdemStoreResolveInstalled(IdemStoreOids *oids);
 extern bool IdemStoreResolveShard(Oid nspid, int64 shardid, Oid owner,
 								  IdemStoreOids *oids);
 extern void IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids,
-						  bool may_write, bool for_insert);
+						  bool may_write);
 extern void IdemStoreClose(IdemStore *store);
 extern IdemProbeResult IdemStoreProbe(IdemStore *store, const IdemKey *key,
 									  Snapshot snapshot, bool want_body,
@@ -173,6 +178,7 @@ extern IdemScopeScan *IdemStoreBeginScopeScan(IdemStore *store, text *scope);
 extern text *IdemStoreNextScopeKey(IdemScopeScan *scan);
 extern void IdemStoreEndScopeScan(IdemScopeScan *scan);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
+extern Oid	IdemStoreOwner(const IdemStoreOids *oids);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
 							TimestampTz now, IdemSweepPosition *resume,
 							bool *locked_out);

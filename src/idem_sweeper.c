@@ -935,13 +935,25 @@ SweepThisDatabase(void)
 		if (worker_report.installed)
 		{
 			TimestampTz now = GetCurrentTransactionStartTimestamp();
+			Oid			save_userid;
+			int			save_sec_context;
 
+			/*
+			 * The deletes fire the key table's AFTER DELETE row triggers:
+			 * they run as the table's owner in a security-restricted
+			 * operation, as VACUUM runs a table's index expressions, never
+			 * as the worker's superuser.  An error restores the user.
+			 */
+			GetUserIdAndSecContext(&save_userid, &save_sec_context);
+			SetUserIdAndSecContext(IdemStoreOwner(&oids),
+								   save_sec_context | SECURITY_RESTRICTED_OPERATION);
 			deleted = IdemStoreSweep(&oids, batch, now, &worker_report.resume,
 									 &worker_report.locked_out);
 			/* on Citus, the shards of idem_tenant_keys this node holds */
 			if (deleted < batch)
 				deleted += IdemCitusSweepShards(&oids, batch - deleted, now,
 												&worker_report.locked_out);
+			SetUserIdAndSecContext(save_userid, save_sec_context);
 		}
 
 		PopActiveSnapshot();

@@ -271,9 +271,9 @@ DROP FUNCTION changing(jsonb), other_work(jsonb);
 
 -- an index renamed away and back is seen by this session's next call (the
 -- store's relations are looked up again when a relation's name changes)
-ALTER INDEX idem_keys_failures RENAME TO call_failures_away;
+ALTER INDEX idem_keys_expires_at RENAME TO call_expiry_away;
 SELECT try($$SELECT idem_fail('c-16', 'boom')$$);
-ALTER INDEX call_failures_away RENAME TO idem_keys_failures;
+ALTER INDEX call_expiry_away RENAME TO idem_keys_expires_at;
 SELECT idem_fail('c-16', 'boom') AS state;
 
 -- counters: a call that ran the work is a start and a finish, a retry a replay

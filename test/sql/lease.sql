@@ -160,12 +160,21 @@ BEGIN;
 SELECT idem_sweep() >= 1 AS swept;
 SELECT count(*) AS left FROM idem_keys WHERE key = 'short-2';
 COMMIT;
--- DDL holding the lease index (here in a prepared transaction): the sweep
--- does nothing rather than wait for it
+-- DDL holding the expiry index, which the sweep walks (here in a prepared
+-- transaction): the sweep does nothing rather than wait for it; DDL on an
+-- index the sweep does not read (deletes make no index entries) does not
+-- stop it
 INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
 VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'short-3', NULL, NULL);
 BEGIN;
 ALTER INDEX idem_keys_leases SET TABLESPACE pg_default;
+PREPARE TRANSACTION 'idem-lease-index-ddl';
+SELECT idem_sweep() >= 1 AS swept_during_lease_index_ddl;
+COMMIT PREPARED 'idem-lease-index-ddl';
+INSERT INTO idem_keys (created_at, expires_at, response_code, state, scope, key, fingerprint, response_body)
+VALUES (now() - interval '2 days', now() - interval '1 day', 200, 'c', '', 'short-3', NULL, NULL);
+BEGIN;
+ALTER INDEX idem_keys_expires_at SET TABLESPACE pg_default;
 PREPARE TRANSACTION 'idem-lease-index-ddl';
 SET lock_timeout = '100ms';
 SELECT try($$SELECT idem_sweep()::text$$) AS sweep_during_ddl;
