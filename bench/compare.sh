@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Before and after, in one run: the write path (idem_begin, INSERT,
-# idem_finish with a jsonb body) and the replay path (idem_begin of a
-# completed key, jsonb body returned) of the extension as built from REV
+# idem_finish with a jsonb body), the replay path (idem_begin of a
+# completed key, jsonb body returned) and a consumer's batch
+# (idem_once_batch of BATCH new ids) of the extension as built from REV
 # against the working tree, each on a cluster of its own, run alternately.
 #
 #   bench/compare.sh REV      e.g. bench/compare.sh HEAD~3
@@ -23,6 +24,8 @@
 #   ROUNDS    rounds                    (default 15)
 #   CLIENTS   pgbench -c and -j         (default 2)
 #   NKEYS     completed keys to replay  (default 10000)
+#   BATCH     ids per idem_once_batch   (default 100)
+#   SCENARIOS which of them             (default "ext_write ext_replay batch_ext")
 #   PG_CONFIG, KEEP=1, RESULTS_DIR      as for bench/run.sh
 set -euo pipefail
 
@@ -31,9 +34,11 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-15}
 CLIENTS=${CLIENTS:-2}
 NKEYS=${NKEYS:-10000}
+BATCH=${BATCH:-100}
+SCENARIOS=${SCENARIOS:-ext_write ext_replay batch_ext}
 KEEP=${KEEP:-0}
 PG_CONFIG=${PG_CONFIG:-pg_config}
-for v in DURATION ROUNDS CLIENTS NKEYS; do
+for v in DURATION ROUNDS CLIENTS NKEYS BATCH; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: $v must be a positive integer" >&2; exit 2; }
 done
 
@@ -116,7 +121,7 @@ EOF
 	log "$side: $("${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -At -h "$WORK" -p "${PORT[$side]}" -U postgres -d bench \
 		-c "SELECT 'extension ' || extversion || ', library ' || (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') FROM pg_extension WHERE extname = 'idempotency'")"
 done
-log "pgbench -M prepared -n -T $DURATION -c $CLIENTS -j $CLIENTS; $ROUNDS rounds x 2 scenarios x before/after; synchronous_commit=off"
+log "pgbench -M prepared -n -T $DURATION -c $CLIENTS -j $CLIENTS; $ROUNDS rounds x ($SCENARIOS) x before/after; synchronous_commit=off"
 
 mkdir -p "$RESULTS_DIR"
 echo "round,scenario,side,tps,txns" >"$RESULTS"
@@ -124,7 +129,7 @@ run_one() {	# round scenario side
 	local out tps txns p=${PORT[$3]} bin=$WORK/$3$PGLIB/bin
 	"${AS_PG[@]}" "$bin/psql" -X -q -h "$WORK" -p "$p" -U postgres -d bench -c "VACUUM (ANALYZE) idem_keys, payments" -c CHECKPOINT >/dev/null
 	out=$("${AS_PG[@]}" "$bin/pgbench" -h "$WORK" -p "$p" -U postgres -n -M prepared -T "$DURATION" \
-		-c "$CLIENTS" -j "$CLIENTS" -D tag="r$1$3" -D nkeys="$NKEYS" -f "$WORK/scenarios/$2.sql" bench 2>&1) ||
+		-c "$CLIENTS" -j "$CLIENTS" -D tag="r$1$3" -D nkeys="$NKEYS" -D n="$BATCH" -f "$WORK/scenarios/$2.sql" bench 2>&1) ||
 		{ echo "$out" >&2; exit 1; }
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
 	txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
@@ -134,7 +139,7 @@ run_one() {	# round scenario side
 for ((round = 1; round <= ROUNDS; round++)); do
 	log "round $round/$ROUNDS"
 	if ((round % 2)); then order=(before after); else order=(after before); fi
-	for scen in ext_write ext_replay; do
+	for scen in $SCENARIOS; do
 		for side in "${order[@]}"; do run_one "$round" "$scen" "$side"; done
 	done
 done
