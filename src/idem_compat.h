@@ -123,7 +123,7 @@ ExecInsertIndexTuplesCompat(ResultRelInfo *rri, TupleTableSlot *slot,
 							EState *estate, bool update, bool only_summarizing)
 {
 #if PG19_GE
-	bits32		flags = (update ? EIIT_IS_UPDATE : 0) |
+	uint32		flags = (update ? EIIT_IS_UPDATE : 0) |
 		(only_summarizing ? EIIT_ONLY_SUMMARIZING : 0);
 
 	return ExecInsertIndexTuples(rri, estate, flags, slot, NIL, NULL);

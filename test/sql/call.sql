@@ -108,7 +108,7 @@ SELECT k.key, i.t_infomask2 & 2047 AS natts, i.t_hoff
 FROM idem_keys k,
      heap_page_items(get_raw_page('idem_keys', (k.ctid::text::point)[0]::int)) i
 WHERE k.key IN ('c-1', 'c-3', 'c-4') AND k.scope = '' AND i.lp = (k.ctid::text::point)[1]::int
-ORDER BY k.key;
+ORDER BY k.key COLLATE "C";
 
 -- scope, ttl and wait are idem_begin's
 SELECT status, expires_at = now() + interval '1 hour' AS ttl

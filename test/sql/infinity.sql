@@ -47,13 +47,14 @@ SELECT idem_once('ko', ttl => 'infinity');
 SELECT idem_once_batch(ARRAY['kx'], ttl => 'infinity');
 SELECT status, attempts FROM idem_lease('kl', ttl => 'infinity', lease => '1 minute');
 SELECT key, expires_at, lease_expires_at < 'infinity' AS lease_finite
-FROM idem_keys WHERE key <> 'leased' ORDER BY key;
+FROM idem_keys WHERE key <> 'leased' ORDER BY key COLLATE "C";
 SELECT permanent_keys FROM idem_storage;
 ROLLBACK;
 
--- the largest finite ttl still works
+-- the largest finite ttl still works (the expiry compared with now() plus
+-- the ttl, added in the session's time zone as the extension adds it)
 BEGIN;
-SELECT status, extract(year FROM expires_at) - extract(year FROM created_at) AS years
+SELECT status, expires_at = now() + interval '1000 years' AS expires_ok
 FROM idem_begin('far', ttl => '1000 years');
 ROLLBACK;
 DROP FUNCTION try(text);

@@ -49,7 +49,7 @@ COMMIT;
 BEGIN;
 SELECT idem_keep('msg-2');
 ROLLBACK;
-SELECT expires_at - created_at AS ttl FROM idem_keys WHERE key = 'msg-2';
+SELECT expires_at = created_at + interval '7 days' AS ttl_7_days FROM idem_keys WHERE key = 'msg-2';
 
 -- kept keys are never swept, and idem_storage counts them
 SELECT idem_once('short', ttl => '1 microsecond');
@@ -169,7 +169,7 @@ SELECT idem_once_batch(ARRAY['t-1', 't-2'], 'tenant-c') AS other_tenant;
 SELECT idem_once_batch(ARRAY['t-1'], 'tenant-b-suffix') AS longer_scope;
 SELECT idem_erase_scope('tenant-b') AS erased;
 SELECT scope, key, state FROM idem_keys WHERE scope LIKE 'tenant-b%' OR scope = 'tenant-c'
-ORDER BY scope, key;
+ORDER BY scope COLLATE "C", key COLLATE "C";
 SELECT idem_once_batch(ARRAY['t-1', 't-2', 't-new'], 'tenant-b') AS after_erasure;
 -- a scope with nothing left to erase, and an empty scope's keys
 SELECT idem_erase_scope('tenant-b') AS erased_again;

@@ -114,7 +114,7 @@ SELECT try(format($$SELECT idem_fail('job-2', 'late', token => %L)$$, :'t2'));
 -- the operator: list, retry, discard
 ------------------------------------------------------------------------
 SELECT scope, key, status, attempts, max_attempts, last_error, phase, lease
-FROM idem_failed_keys ORDER BY key;
+FROM idem_failed_keys ORDER BY key COLLATE "C";
 SELECT failed_keys, dead_keys FROM idem_storage;
 -- a dead request gets new attempts: failed again, and its next begin starts
 SELECT idem_retry('req-1') AS state;

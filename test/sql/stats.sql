@@ -41,9 +41,11 @@ SELECT idem_once('m');
 SELECT idem_once('m');
 SELECT once_true, once_false FROM counters();
 
--- leases: started, in_progress, checkpoints, resumed, stale tokens
+-- leases: started, in_progress, checkpoints, resumed, stale tokens (l2's
+-- lease runs an hour, not the default 30 seconds, so that it is still
+-- running for the next two calls however slow the machine)
 SELECT token AS t1 FROM idem_lease('l', lease => '1 microsecond') \gset
-SELECT status FROM idem_lease('l2');
+SELECT status FROM idem_lease('l2', lease => '1 hour');
 SELECT status FROM idem_lease('l2');
 SELECT status FROM idem_begin('l2');
 SELECT idem_checkpoint('l', :'t1', 'one') IS NOT NULL AS checkpointed;
@@ -113,7 +115,9 @@ TRUNCATE idem_keys;
 ANALYZE idem_keys;
 SELECT * FROM idem_storage;
 -- two live leases, one of them run out; three completed keys; two expired
-SELECT status FROM idem_lease('s-live');
+-- (the live one runs an hour: 30 seconds could pass before the count on a
+-- slow machine)
+SELECT status FROM idem_lease('s-live', lease => '1 hour');
 SELECT status FROM idem_lease('s-out', lease => '1 microsecond');
 SELECT idem_once('s-' || i) FROM generate_series(1, 3) i;
 SELECT idem_once('s-exp-' || i, ttl => '1 microsecond') FROM generate_series(1, 2) i;
