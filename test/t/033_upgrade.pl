@@ -549,6 +549,43 @@ DROP DATABASE $db; DROP DATABASE acl_0_5_0_restored; DROP ROLE regress_idem_app;
 	};
 }
 
+# From 0.7.0 on, no update step may stop calls while it runs: on a table of
+# millions of keys, an index build (ShareLock) or a table rewrite
+# (AccessExclusiveLock) would hold every write back for as long as it reads
+# the table (docs/operations.md has the figures of the steps before 0.7.0).
+# Every direct step to a version after 0.6.0 is run in a transaction that
+# then lists the locks it holds on idem_keys and its indexes: none may
+# conflict with the RowExclusiveLock that every call that writes takes.
+# An index a later version needs is built by the operator with CREATE
+# INDEX CONCURRENTLY before the update, which the update script then checks
+# for (docs/operations.md, "Updating").
+my @steps = split /\n/, $node->safe_psql('postgres', q{
+SELECT source || ' ' || target FROM pg_extension_update_paths('idempotency')
+WHERE path = source || '--' || target
+  AND string_to_array(target, '.')::int[] > '{0,6,0}'
+ORDER BY string_to_array(target, '.')::int[], string_to_array(source, '.')::int[]});
+ok(scalar(@steps) > 0, 'there are update steps after 0.6.0: ' . join(', ', @steps));
+foreach my $step (@steps)
+{
+	my ($from, $to) = split / /, $step;
+	my $db = "locks_$to" =~ s/\./_/gr;
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, "CREATE EXTENSION idempotency VERSION '$from'");
+	my $held = $node->safe_psql($db, qq{
+SET client_min_messages = warning;
+BEGIN;
+ALTER EXTENSION idempotency UPDATE TO '$to';
+SELECT coalesce(string_agg(DISTINCT l.mode, ' ' ORDER BY l.mode), '')
+FROM pg_locks l
+WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
+  AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock')
+  AND l.relation IN (SELECT 'idem_keys'::regclass
+                     UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = 'idem_keys'::regclass);
+ROLLBACK;});
+	is($held, '', "the update from $from to $to takes no lock on idem_keys that stops calls");
+	$node->safe_psql('postgres', "DROP DATABASE $db");
+}
+
 cmp_ok($tested, '>', 0, 'at least one version tested');
 if (@base == 1 && $base[0] eq $default)
 {
