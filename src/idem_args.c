@@ -105,6 +105,7 @@ IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
 {
 	IdemCallCache *cache = fcinfo->flinfo->fn_extra;
 
+	IdemStoreCheckNotWritingRow();
 	if (cache == NULL)
 	{
 		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,

@@ -801,6 +801,27 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
  * only way application roles reach the table.
  */
 
+/*
+ * True while a row's constraints and index entries are being made: a
+ * table owner's CHECK constraint or index expression runs then, in the
+ * middle of a call, and must not call the extension again (the call's
+ * bookkeeping of its key is not done yet).  AFTER triggers run when the
+ * call closes the store, where calling the extension is safe.
+ */
+static bool writing_row = false;
+
+/* Raise 55000 for a call of the extension from inside a row being written. */
+void
+IdemStoreCheckNotWritingRow(void)
+{
+	if (writing_row)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency functions cannot be called while a key is being written"),
+				 errdetail("A constraint or index expression of the key table called one."),
+				 errhint("Call it from an AFTER ... FOR EACH ROW trigger instead.")));
+}
+
 /* The one bit of IdemStore.checked for each kind of write. */
 #define CHECKED_BIT(cmd)	((uint8) (1 << (int) (cmd)))
 
@@ -972,8 +993,19 @@ AfterRowWritten(IdemStore *store, CmdType cmd, ItemPointer otid,
 	TupleTableSlot *slot = store->write_slot;
 
 	if (index_entries && store->rri->ri_NumIndices > 0)
-		recheck = ExecInsertIndexTuplesCompat(store->rri, slot, store->estate,
-											  cmd == CMD_UPDATE, only_summarizing);
+	{
+		writing_row = true;
+		PG_TRY();
+		{
+			recheck = ExecInsertIndexTuplesCompat(store->rri, slot, store->estate,
+												  cmd == CMD_UPDATE, only_summarizing);
+		}
+		PG_FINALLY();
+		{
+			writing_row = false;
+		}
+		PG_END_TRY();
+	}
 	if (store->fire_triggers && cmd == CMD_INSERT)
 		ExecARInsertTriggers(store->estate, store->rri, slot, recheck, NULL);
 	else if (store->fire_triggers)
@@ -992,7 +1024,18 @@ PrepareRow(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 
 	ExecStoreHeapTuple(FormRecordTuple(store, key, rec), slot, true);
 	if (RelationGetDescr(store->heap)->constr != NULL)
-		ExecConstraints(store->rri, slot, store->estate);
+	{
+		writing_row = true;
+		PG_TRY();
+		{
+			ExecConstraints(store->rri, slot, store->estate);
+		}
+		PG_FINALLY();
+		{
+			writing_row = false;
+		}
+		PG_END_TRY();
+	}
 	return slot;
 }
 
@@ -1240,6 +1283,38 @@ SweepOpenStore(IdemStore *store, Relation expiry, int64 batch,
 }
 
 /*
+ * A sweep in a security-restricted operation is the sweeper's, run as the
+ * key table's owner (idem_sweeper.c).  Where that owner is a superuser,
+ * the deletes may fire no trigger that a table owner or DBA wrote: its
+ * code, and whatever it reaches (a table in a schema a database owner
+ * controls, a function it calls), would run as a superuser that nobody
+ * chose.  The triggers that constraints make (foreign keys) run fixed code
+ * and are allowed.  idem_sweep() run by a role fires them as that role.
+ */
+static void
+RefuseTriggersAsSuperuser(Relation heap)
+{
+	TriggerDesc *trigdesc = heap->trigdesc;
+
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		const Trigger *trigger = &trigdesc->triggers[i];
+
+		if ((trigger->tgtype & TRIGGER_TYPE_DELETE) == 0 ||
+			!TriggerFiresNow(trigger) || trigger->tgisinternal)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the sweeper does not fire trigger \"%s\" on \"%s.%s\" as a superuser",
+						trigger->tgname,
+						get_namespace_name(RelationGetNamespace(heap)),
+						RelationGetRelationName(heap)),
+				 errdetail("The sweeper's deletes fire the key table's triggers as the table's owner, and that owner is a superuser."),
+				 errhint("Make a role that is not a superuser the owner of the key table, or sweep with idem_sweep() run by a role of your choice while the trigger exists.")));
+	}
+}
+
+/*
  * One sweep batch in the caller's transaction: see SweepOpenStore.  If
  * DDL holds the table or its expiry index (a lock we would queue behind),
  * does nothing and sets *locked_out; locks already taken stay until
@@ -1263,6 +1338,8 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 		return 0;
 	}
 	IdemStoreOpen(&store, oids, true);
+	if (InSecurityRestrictedOperation() && superuser())
+		RefuseTriggersAsSuperuser(store.heap);
 	expiry = index_open(oids->expiry, RowExclusiveLock);
 	deleted = SweepOpenStore(&store, expiry, batch, now, resume);
 	index_close(expiry, NoLock);

@@ -179,6 +179,7 @@ extern text *IdemStoreNextScopeKey(IdemScopeScan *scan);
 extern void IdemStoreEndScopeScan(IdemScopeScan *scan);
 extern bool IdemStoreDelete(IdemStore *store, ItemPointer tid, bool wait);
 extern Oid	IdemStoreOwner(const IdemStoreOids *oids);
+extern void IdemStoreCheckNotWritingRow(void);
 extern int64 IdemStoreSweep(const IdemStoreOids *oids, int64 batch,
 							TimestampTz now, IdemSweepPosition *resume,
 							bool *locked_out);

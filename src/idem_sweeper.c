@@ -938,21 +938,27 @@ SweepThisDatabase(void)
 			Oid			save_userid;
 			int			save_sec_context;
 
+			int			save_nestlevel;
+
 			/*
 			 * The deletes fire the key table's AFTER DELETE row triggers:
 			 * they run as the table's owner in a security-restricted
-			 * operation, as VACUUM runs a table's index expressions, never
-			 * as the worker's superuser.  An error restores the user.
+			 * operation, as VACUUM runs a table's index expressions, and
+			 * settings they change are undone with the batch.  Where the
+			 * owner is a superuser, IdemStoreSweep refuses to fire them.
+			 * An error restores the user and the settings.
 			 */
 			GetUserIdAndSecContext(&save_userid, &save_sec_context);
 			SetUserIdAndSecContext(IdemStoreOwner(&oids),
 								   save_sec_context | SECURITY_RESTRICTED_OPERATION);
+			save_nestlevel = NewGUCNestLevel();
 			deleted = IdemStoreSweep(&oids, batch, now, &worker_report.resume,
 									 &worker_report.locked_out);
 			/* on Citus, the shards of idem_tenant_keys this node holds */
 			if (deleted < batch)
 				deleted += IdemCitusSweepShards(&oids, batch - deleted, now,
 												&worker_report.locked_out);
+			AtEOXact_GUC(false, save_nestlevel);
 			SetUserIdAndSecContext(save_userid, save_sec_context);
 		}
 
