@@ -381,12 +381,65 @@ IdemStoreResolveInstalled(IdemStoreOids *oids)
  * need them; a table from before 0.4.0 has no headers or byte bodies, which
  * only 0.4.0's idem_finish can pass.
  */
+/*
+ * Open an index of the store by the OID resolved for it, if that OID still
+ * names a valid index of the table once its lock is held; NULL if not.
+ * REINDEX CONCURRENTLY builds the new index under a new OID, then marks
+ * the old one invalid and drops it: a call that resolved the OID just
+ * before (the invalidation arrives with a lock) would otherwise probe an
+ * index no longer kept up to date, or fail to open one that is gone.
+ */
+static Relation
+TryOpenStoreIndex(Oid indexid, Oid heapid, LOCKMODE lockmode)
+{
+	Relation	index = try_relation_open(indexid, lockmode);
+
+	if (index == NULL)
+		return NULL;
+	if (index->rd_rel->relkind == RELKIND_INDEX &&
+		index->rd_index->indrelid == heapid && index->rd_index->indisvalid)
+		return index;
+	relation_close(index, NoLock);
+	return NULL;
+}
+
+/*
+ * Find the store's relations again by name, into the store's own copy of
+ * its OIDs, after an index they named was replaced (TryOpenStoreIndex).
+ * The table itself is open and locked: its OID does not change.
+ */
+static void
+ResolveStoreAgain(IdemStore *store)
+{
+	IdemStoreOids again;
+	const IdemStoreOids *oids = store->oids;
+
+	CHECK_FOR_INTERRUPTS();
+	if (!oids->is_shard)
+		ResolveInSchema(oids->nspid, &again);
+	else if (!IdemStoreResolveShard(oids->nspid, oids->shardid,
+									store->heap->rd_rel->relowner, &again))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the key table's shard changed while the call waited for it"),
+				 errhint("Retry the transaction.")));
+	again.tenant = oids->tenant;
+	if (again.heap != oids->heap)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the key table was replaced while the call waited for it"),
+				 errhint("Retry the transaction.")));
+	store->resolved_again = again;
+	store->oids = &store->resolved_again;
+}
+
 void
 IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 {
 	LOCKMODE	lockmode = may_write ? RowExclusiveLock : AccessShareLock;
 	int			natts;
 
+	store->oids = oids;
 	store->heap = table_open(oids->heap, lockmode);
 	natts = RelationGetDescr(store->heap)->natts;
 	if (oids->is_shard ? natts != IDEM_TENANT_ATTNUM :
@@ -394,8 +447,9 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 		 !(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases))))
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
-	store->pkey = index_open(oids->pkey, lockmode);
-	store->oids = oids;
+	while ((store->pkey = TryOpenStoreIndex(store->oids->pkey, oids->heap,
+											lockmode)) == NULL)
+		ResolveStoreAgain(store);
 	store->slot = table_slot_create(store->heap, NULL);
 	store->cxt = CurrentMemoryContext;
 	store->estate = NULL;
@@ -1340,7 +1394,9 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 	IdemStoreOpen(&store, oids, true);
 	if (InSecurityRestrictedOperation() && superuser())
 		RefuseTriggersAsSuperuser(store.heap);
-	expiry = index_open(oids->expiry, RowExclusiveLock);
+	while ((expiry = TryOpenStoreIndex(store.oids->expiry, oids->heap,
+									   RowExclusiveLock)) == NULL)
+		ResolveStoreAgain(&store);
 	deleted = SweepOpenStore(&store, expiry, batch, now, resume);
 	index_close(expiry, NoLock);
 	IdemStoreClose(&store);

@@ -143,7 +143,8 @@ typedef struct IdemStore
 {
 	Relation	heap;
 	Relation	pkey;
-	const IdemStoreOids *oids;
+	const IdemStoreOids *oids;	/* the caller's, or resolved_again */
+	IdemStoreOids resolved_again;	/* after an index was replaced */
 	TupleTableSlot *slot;		/* for reads */
 	MemoryContext cxt;			/* where it was opened */
 
