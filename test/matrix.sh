@@ -50,10 +50,12 @@ chroot_of() {
     esac
 }
 base_packages="build-essential rsync libipc-run-perl ca-certificates locales-all pgbouncer valgrind"
+# pg_repack for TAP 035, where the suite has it for the major under test
+# (experimental has no postgresql-19-repack: 035 skips its pg_repack steps)
 packages_of() {
     case $1 in
-        trixie) echo "postgresql-17 postgresql-server-dev-17 libpq-dev $base_packages" ;;
-        sid) echo "postgresql-18 postgresql-server-dev-18 libpq-dev $base_packages postgresql-17/trixie postgresql-server-dev-17/trixie" ;;
+        trixie) echo "postgresql-17 postgresql-server-dev-17 libpq-dev postgresql-17-repack $base_packages" ;;
+        sid) echo "postgresql-18 postgresql-server-dev-18 libpq-dev postgresql-18-repack $base_packages postgresql-17/trixie postgresql-server-dev-17/trixie" ;;
         # the server's libpq is experimental's too; sid's 18 beside it, for
         # pg_upgrade from 18 to 19
         experimental) echo "postgresql-19/experimental postgresql-server-dev-19/experimental libpq-dev/experimental $base_packages postgresql-18 postgresql-server-dev-18" ;;

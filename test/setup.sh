@@ -11,12 +11,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# server and build; TAP; examples (libpq for C, psycopg for Python,
-# PgBouncer for the pooling test, postgres_exporter, promtool and PyYAML for
-# the monitoring example); valgrind for test/valgrind.sh; the Debian
-# package's tools (test/deb.sh), zip tools (test/dist.sh) and debootstrap
-# (test/matrix.sh)
-packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl build-essential rsync
+# server and build; TAP (pg_repack for the maintenance test); examples
+# (libpq for C, psycopg for Python, PgBouncer for the pooling test,
+# postgres_exporter, promtool and PyYAML for the monitoring example);
+# valgrind for test/valgrind.sh; the Debian package's tools (test/deb.sh),
+# zip tools (test/dist.sh) and debootstrap (test/matrix.sh)
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl postgresql-15-repack build-essential rsync
           libpq-dev python3-psycopg pgbouncer valgrind
           prometheus prometheus-postgres-exporter python3-yaml curl
           debhelper postgresql-server-dev-all fakeroot zip unzip git debootstrap)
