@@ -83,7 +83,7 @@ UPDATE idem_keys SET lease_expires_at = now() - interval '1 second' WHERE key = 
 SELECT status, token FROM idem_lease('pay-1', '{"amount": 501}');
 BEGIN;
 SELECT status, token <> :'t1' AS new_token, phase, state, attempts
-FROM idem_lease('pay-1', '{"amount": 500}', lease => '1 minute');
+FROM idem_lease('pay-1', '{"amount": 500}', lease => '1 hour');
 SELECT lease_token AS t2 FROM idem_keys WHERE key = 'pay-1' \gset
 COMMIT;
 SELECT lease_expires_at > now() AS lease_live, lease_duration, attempts
@@ -101,7 +101,7 @@ SELECT keys_state() = :'before' AS unchanged;
 BEGIN;
 INSERT INTO lease_effects VALUES ('pay-1', 'emailed', 2);
 SELECT idem_checkpoint('pay-1', :'t2', 'emailed', '{"mail": "m_2"}')
-       = now() + interval '1 minute' AS renewed_by_new_lease;
+       = now() + interval '1 hour' AS renewed_by_new_lease;
 SELECT idem_finish('pay-1', 201, '{"id": "pay_1"}', token => :'t2');
 COMMIT;
 SELECT state, response_code, response_body, attempts, lease_token, lease_expires_at,
