@@ -1,6 +1,6 @@
 /*
  * idem_citus.c
- *	  Where a call's key lives on Citus (issue #13): the shard of
+ *	  Where a call's key lives on Citus: the shard of
  *	  idem_tenant_keys that holds the call's tenant, on this node.
  *
  * On a plain server every key is in the extension's own idem_keys.  Once
@@ -17,10 +17,13 @@
  * in the same local transaction.  Anything else is refused, never guessed:
  *
  *	 - Citus without idem_tenant_keys: not set up (55000);
- *	 - a call on a node that holds no placement of the scope's shard
- *	   (0A000): Citus did not delegate it, as for a call inside an
- *	   expression or a PL/pgSQL IF, or it was made on the wrong node;
- *	 - a shard that moved away while the call waited for it (40001);
+ *	 - a call on a node that holds no placement of the scope's shard, and
+ *	   no copy of it either (0A000): Citus did not delegate it, as for a
+ *	   call inside an expression or a PL/pgSQL IF, or it was made on the
+ *	   wrong node;
+ *	 - a shard that moved away, while the call waited for it or just before
+ *	   Citus's call reached the node it left, whose old copy is still there
+ *	   (40001: every refusal of a moved shard);
  *	 - an extension schema that a non-superuser owns or may create in
  *	   (42501), a key table a non-superuser owns (42809), a tenant type
  *	   whose text is not one spelling per tenant (0A000).
@@ -40,7 +43,9 @@
  * takes ExclusiveLock on it on every node before it switches the shard
  * over, so a key written here is either committed before the switch (and
  * copied with the shard) or refused after it: the placement is read again
- * once the lock is held.
+ * once the lock is held.  The lock is taken before the placement decides
+ * anything (see IdemCitusStoreFor), so a call on the shard's new node that
+ * has not yet committed the move waits for it rather than being refused.
  *
  * Nothing here runs SQL: the catalogs are read through their indexes with
  * a fresh snapshot, so no operator, function or search_path of a user's
@@ -67,14 +72,21 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -90,6 +102,7 @@
 #include "catalog/pg_database.h"
 
 #include "idem_citus.h"
+#include "idem_guc.h"
 #include "idem_xact.h"
 
 /*
@@ -146,24 +159,49 @@ static struct
 	bool		committing;		/* between our PRE_COMMIT and the end */
 	bool		seen;
 	char		message[512];
-	char		hint[512];
+	char		hint[1024];
 } relayed_guard;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* Is this report the commit guard's (idem_xact.c), from whichever node? */
+static bool
+IsGuardReport(const ErrorData *edata)
+{
+	size_t		len = strlen(edata->message ? edata->message : "");
+	size_t		tail = strlen(IDEM_UNFINISHED_MSG_TAIL);
+
+	return edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE &&
+		len > tail &&
+		strcmp(edata->message + len - tail, IDEM_UNFINISHED_MSG_TAIL) == 0 &&
+		strncmp(edata->message, "idempotency key ", 16) == 0;
+}
+
+/*
+ * The guard's error, where this session has idempotency.unfinished =
+ * release: this node's own guard would have released the key, so it was
+ * another node's, and that node's session setting applied.  Say so, after
+ * whatever detail the report has.
+ */
+#define IDEM_RELEASE_NOT_HERE_DETAIL \
+	"idempotency.unfinished is \"release\" in this session, but the key was begun on another node of the Citus cluster, where the setting of Citus's own session applies."
+
+static void
+AddReleaseNotHereDetail(ErrorData *edata)
+{
+	if (idem_unfinished_action != IDEM_UNFINISHED_RELEASE)
+		return;
+	edata->detail = edata->detail ?
+		psprintf("%s\n%s", edata->detail, IDEM_RELEASE_NOT_HERE_DETAIL) :
+		pstrdup(IDEM_RELEASE_NOT_HERE_DETAIL);
+}
 
 static void
 RestoreGuardReport(ErrorData *edata)
 {
 	if (relayed_guard.committing)
 	{
-		size_t		len = strlen(edata->message ? edata->message : "");
-		size_t		tail = strlen(IDEM_UNFINISHED_MSG_TAIL);
-
-		if (edata->elevel == WARNING &&
-			edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE &&
-			len > tail &&
-			strcmp(edata->message + len - tail, IDEM_UNFINISHED_MSG_TAIL) == 0 &&
-			strncmp(edata->message, "idempotency key ", 16) == 0)
+		if (edata->elevel == WARNING && IsGuardReport(edata))
 		{
 			strlcpy(relayed_guard.message, edata->message, sizeof(relayed_guard.message));
 			strlcpy(relayed_guard.hint, edata->hint ? edata->hint : "",
@@ -179,9 +217,19 @@ RestoreGuardReport(ErrorData *edata)
 			edata->message = pstrdup(relayed_guard.message);
 			edata->hint = relayed_guard.hint[0] ? pstrdup(relayed_guard.hint) : NULL;
 			edata->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+			AddReleaseNotHereDetail(edata);
 			MemoryContextSwitchTo(old);
 			relayed_guard.seen = false;
 		}
+	}
+	else if (edata->elevel >= ERROR && idem_unfinished_action == IDEM_UNFINISHED_RELEASE &&
+			 IsGuardReport(edata))
+	{
+		/* a call Citus delegated in autocommit: the worker's own commit */
+		MemoryContext old = MemoryContextSwitchTo(ErrorContext);
+
+		AddReleaseNotHereDetail(edata);
+		MemoryContextSwitchTo(old);
 	}
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
@@ -211,6 +259,157 @@ IdemCitusXactCallback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * ALTER EXTENSION idempotency UPDATE on a coordinator that is set up: the
+ * functions are delegated again once the whole command has run, Citus's
+ * part of it included.  Citus runs the update on the workers after the
+ * coordinator's own command, event triggers and all (its utility hook sends
+ * the command on when PostgreSQL's returns), and delegating a function the
+ * workers do not have yet fails there ("function ... does not exist").  So
+ * idem_citus_distribute(), which the setup's event trigger calls at the end
+ * of the coordinator's part, only asks for it there
+ * (idem_citus_distribute_later()), and this hook, which wraps Citus's (the
+ * library is loaded after Citus), calls it again when the outermost such
+ * command returns, in its transaction, on the connections Citus updated
+ * the workers on.  If that fails, the command fails, and the
+ * update is undone on every node: no version runs with functions Citus
+ * does not delegate.
+ */
+static void CheckSchemaIsSuperusers(Oid nspid);
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+static int	alter_extension_depth = 0;	/* ALTER EXTENSION idempotency running */
+static Oid	distribute_later_nsp = InvalidOid;	/* asked for, in this schema */
+
+static bool
+IsAlterOfThisExtension(Node *stmt)
+{
+	if (stmt == NULL)
+		return false;
+	if (IsA(stmt, AlterExtensionStmt))
+		return strcmp(((AlterExtensionStmt *) stmt)->extname, "idempotency") == 0;
+	if (IsA(stmt, AlterExtensionContentsStmt))
+		return strcmp(((AlterExtensionContentsStmt *) stmt)->extname, "idempotency") == 0;
+	return false;
+}
+
+static void
+DistributeAgainContext(void *arg)
+{
+	errcontext("delegating the functions of extension \"idempotency\" again after ALTER EXTENSION");
+}
+
+/* Run nspid's idem_citus_distribute(), the extension's own. */
+static void
+DistributeAgain(Oid nspid)
+{
+	Oid			extoid = get_extension_oid("idempotency", true);
+	char	   *nsp = get_namespace_name(nspid);
+	Oid			fn;
+	ErrorContextCallback errcb;
+
+	if (!OidIsValid(extoid) || nsp == NULL)
+		return;					/* dropped by the same command */
+	fn = LookupFuncName(list_make2(makeString(nsp), makeString("idem_citus_distribute")),
+						0, NULL, true);
+	if (!OidIsValid(fn) || getExtensionOfObject(ProcedureRelationId, fn) != extoid)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s.idem_citus_distribute() of extension \"idempotency\" does not exist",
+						quote_identifier(nsp))));
+	CheckSchemaIsSuperusers(nspid);
+
+	errcb.callback = DistributeAgainContext;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(psprintf("SELECT pg_catalog.count(*) FROM %s.idem_citus_distribute()",
+							 quote_identifier(nsp)), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "idem_citus_distribute() failed");
+	SPI_finish();
+	error_context_stack = errcb.previous;
+}
+
+static void
+IdemCitusProcessUtility(PlannedStmt *pstmt, const char *queryString,
+						bool readOnlyTree, ProcessUtilityContext context,
+						ParamListInfo params, QueryEnvironment *queryEnv,
+						DestReceiver *dest, QueryCompletion *qc)
+{
+	volatile bool ours = IsAlterOfThisExtension(pstmt->utilityStmt);
+
+	if (ours)
+	{
+		if (alter_extension_depth == 0)
+			distribute_later_nsp = InvalidOid;
+		alter_extension_depth++;
+	}
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		if (ours)
+			alter_extension_depth--;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!ours)
+		return;
+	alter_extension_depth--;
+
+	if (alter_extension_depth == 0 && OidIsValid(distribute_later_nsp))
+	{
+		Oid			nspid = distribute_later_nsp;
+
+		distribute_later_nsp = InvalidOid;
+		DistributeAgain(nspid);
+	}
+}
+
+/*
+ * idem_citus_distribute_later(): called first by idem_citus_distribute().
+ * True inside ALTER EXTENSION idempotency (the event trigger's call, at the
+ * end of the coordinator's part): this library calls idem_citus_distribute()
+ * again once the command has run on every node, and the first call returns
+ * at once.  False otherwise (the setup, this library's own call, or a
+ * command that did not pass through this library, which was loaded during
+ * it): idem_citus_distribute() delegates at once, as 0.6.0's did.
+ */
+PG_FUNCTION_INFO_V1(idem_citus_distribute_later);
+
+Datum
+idem_citus_distribute_later(PG_FUNCTION_ARGS)
+{
+	if (alter_extension_depth == 0)
+		PG_RETURN_BOOL(false);
+	distribute_later_nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * The commit guard's hint on Citus (idem_xact.c), or NULL without Citus:
+ * the guard runs on the node that holds the key, in the session Citus
+ * opened there, where a SET on the coordinator does not reach.
+ */
+const char *
+IdemCitusUnfinishedHint(bool prepare)
+{
+	if (!IdemCitusPresent())
+		return NULL;
+	return prepare ?
+		"Call idem_finish() or idem_release() before PREPARE TRANSACTION. On Citus idempotency.unfinished is read on the node that holds the key, where a SET on the coordinator does not reach: set it with ALTER ROLE ... SET on the coordinator (Citus sets it on every node), or with SET LOCAL in the transaction block while citus.propagate_set_commands is \"local\"." :
+		"Call idem_finish() or idem_release() before COMMIT. On Citus idempotency.unfinished is read on the node that holds the key, where a SET on the coordinator does not reach: set it with ALTER ROLE ... SET on the coordinator (Citus sets it on every node), or with SET LOCAL in the transaction block while citus.propagate_set_commands is \"local\".";
+}
+
 /* Set up the hooks (in every backend that loads the library). */
 void
 IdemCitusInit(void)
@@ -218,6 +417,8 @@ IdemCitusInit(void)
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = RestoreGuardReport;
 	RegisterXactCallback(IdemCitusXactCallback, NULL);
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = IdemCitusProcessUtility;
 }
 
 /* A relation of Citus's in pg_catalog (only a superuser can make one there). */
@@ -735,11 +936,87 @@ ReportNotSetUp(Oid nspid)
 }
 
 /*
+ * Is there, on this node, a table of idem_tenant_keys' shard shardid, or of
+ * a shard that no longer exists, though the map places neither here?  That
+ * is the copy a move or a split left behind, which Citus drops later
+ * (citus.defer_shard_delete_interval): the tenant's shard was here a moment
+ * ago.  Read only when a call is about to be refused.
+ */
+static bool
+ShardLeftThisNode(Oid nspid, int64 shardid)
+{
+	IdemStoreOids oids;
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	ScanKeyData skey;
+	size_t		prefix = strlen(IDEM_TENANT_TABLE_NAME "_");
+	bool		found = false;
+
+	if (IdemStoreResolveShard(nspid, shardid, shard_map.owner, &oids))
+		return true;
+
+	/* a split: the shard that held the tenant has a new id, or several */
+	rel = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyInit(&skey, Anum_pg_class_relnamespace, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(nspid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &skey);
+	while (!found && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_class form = (Form_pg_class) GETSTRUCT(tuple);
+		const char *name = NameStr(form->relname);
+		const char *digits = name + prefix;
+		int64		id;
+		bool		listed = false;
+
+		if (form->relkind != RELKIND_RELATION || form->relowner != shard_map.owner ||
+			strncmp(name, IDEM_TENANT_TABLE_NAME "_", prefix) != 0 ||
+			*digits == '\0' || strspn(digits, "0123456789") != strlen(digits))
+			continue;
+		id = strtoi64(digits, NULL, 10);
+		for (int i = 0; i < shard_map.nshards && !listed; i++)
+			listed = (shard_map.shards[i].shardid == id);
+		found = !listed;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/* Raise 40001: the scope's shard is not here because it moved. */
+static void
+ReportShardMoved(const text *scope, bool waited)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 waited ?
+			 errmsg("the shard of idempotency scope \"%s\" moved while this call waited for it",
+					text_to_cstring(scope)) :
+			 errmsg("the shard of idempotency scope \"%s\" moved away from this node",
+					text_to_cstring(scope)),
+			 waited ? 0 :
+			 errdetail("The call was sent here before the move ended; the shard's old copy here is no longer used."),
+			 errhint("Retry the transaction: Citus sends it to the shard's new node.")));
+}
+
+/*
  * Where the call's key lives: local (the extension's idem_keys) without
  * Citus, or on Citus the shard of the scope's tenant in *shard, locked
  * against moves until the transaction ends.  On Citus *scope becomes the
  * tenant's own text ('42' for '042' as a bigint), so that two spellings of
  * one tenant are one scope.
+ *
+ * The shard's lock is taken before the placement decides anything, whether
+ * or not the map places the shard here: a move holds it (ExclusiveLock, on
+ * every node) from before it switches the placement until it commits, and
+ * a node commits the switch after the coordinator does (Citus's two-phase
+ * commit), so the coordinator may already send the tenant's calls to the
+ * new node while that node's own catalog still places the shard on the old
+ * one.  Such a call waits here for the move to commit, and reads the map
+ * again.  A call that finds the shard gone after all is refused: with
+ * 40001 if the shard was here when it began, or if its old copy still is
+ * (Citus sent the call on a placement that has just moved away), with
+ * 0A000 otherwise (Citus did not delegate the call).
  */
 const IdemStoreOids *
 IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
@@ -750,6 +1027,8 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 	int32		hash;
 	const ShardMapEntry *e;
 	int64		shardid;
+	bool		was_local;
+	bool		waited = false;
 	LOCKTAG		tag;
 
 	if (!IdemCitusPresent())
@@ -778,8 +1057,40 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 	e = ShardForHash(hash);
 	if (e == NULL)
 		ReportNotSetUp(local->nspid);	/* not distributed: made by hand */
-	shardid = e->shardid;
+	was_local = e->local;
+
+	/*
+	 * What Citus's writers take; a move or split takes ExclusiveLock.  Once
+	 * the lock is ours, a move or split that held it has committed, and its
+	 * invalidations came before the lock did: read the map again if they
+	 * made it stale, and look again.  A split may give the tenant a shard
+	 * of another index, whose lock is taken in turn.
+	 */
+	for (int tries = 0;; tries++)
+	{
+		shardid = e->shardid;
+		SetShardLockTag(&tag, e);
+		if (RecoveryInProgress() ||
+			LockAcquire(&tag, ShareLock, false, false) == LOCKACQUIRE_ALREADY_HELD)
+			break;
+		waited = true;
+		AcceptInvalidationMessages();
+		RequireShardMap(shell);
+		e = ShardForHash(hash);
+		if (e == NULL)
+			ReportShardMoved(*scope, true);
+		if (e->shardid == shardid)
+			break;
+		if (tries >= 8)
+			ReportShardMoved(*scope, true);
+	}
+
 	if (!e->local)
+	{
+		if (was_local)
+			ReportShardMoved(*scope, waited);
+		if (ShardLeftThisNode(local->nspid, shardid))
+			ReportShardMoved(*scope, false);
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("the key of idempotency scope \"%s\" is not on this node",
@@ -788,26 +1099,6 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 						   shardid),
 				 errhint("Call the function from the coordinator in a statement of its own, SELECT f(...) or SELECT * FROM f(...), with the scope as a %s, so that Citus delegates it to the tenant's node; Citus does not delegate a call inside an expression or a PL/pgSQL condition.",
 						 format_type_be(shard_map.type))));
-
-	/* what Citus's writers take; a move or split takes ExclusiveLock */
-	SetShardLockTag(&tag, e);
-	if (!RecoveryInProgress() &&
-		LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
-	{
-		/*
-		 * A move or split that held the lock has committed, and its
-		 * invalidations came before the lock was ours: read the map again
-		 * if they made it stale, and look again.
-		 */
-		AcceptInvalidationMessages();
-		RequireShardMap(shell);
-		e = ShardForHash(hash);
-		if (e == NULL || e->shardid != shardid || !e->local)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("the shard of idempotency scope \"%s\" moved while this call waited for it",
-							text_to_cstring(*scope)),
-					 errhint("Retry the transaction: Citus sends it to the shard's new node.")));
 	}
 
 	if (!IdemStoreResolveShard(local->nspid, shardid, shard_map.owner, shard))

@@ -9,6 +9,7 @@
 
 extern void IdemCitusInit(void);
 extern bool IdemCitusPresent(void);
+extern const char *IdemCitusUnfinishedHint(bool prepare);
 extern const IdemStoreOids *IdemCitusStoreFor(const IdemStoreOids *local,
 											  text **scope,
 											  IdemStoreOids *shard);

@@ -33,6 +33,7 @@
 
 #include "idem_guc.h"
 #include "idem_stats.h"
+#include "idem_citus.h"
 #include "idem_xact.h"
 
 /* locktag_field4 of our advisory locks ("ID"); SQL's advisory locks use 1 and 2 */
@@ -312,6 +313,8 @@ CheckUnfinishedKeys(bool prepare)
 
 	if (idem_unfinished_action == IDEM_UNFINISHED_ERROR)
 	{
+		const char *citus_hint = IdemCitusUnfinishedHint(prepare);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("idempotency key %s" IDEM_UNFINISHED_MSG_TAIL,
@@ -320,6 +323,7 @@ CheckUnfinishedKeys(bool prepare)
 				 errdetail_plural("%ld key in this transaction is unfinished.",
 								  "%ld keys in this transaction are unfinished.",
 								  unfinished, unfinished) : 0,
+				 citus_hint ? errhint("%s", citus_hint) :
 				 errhint("Call idem_finish() or idem_release() before %s, or set idempotency.unfinished to \"release\".",
 						 prepare ? "PREPARE TRANSACTION" : "COMMIT")));
 	}

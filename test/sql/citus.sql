@@ -34,8 +34,8 @@ SELECT p.oid::regprocedure AS function,
        has_function_privilege('regress_idem_citus_app', p.oid, 'EXECUTE') AS app_may_call
   FROM pg_proc p
  WHERE p.proname IN ('idem_citus_setup', 'idem_citus_distribute', 'idem_citus_after_update',
-                     'idem_citus_check_owner')
- ORDER BY 1;
+                     'idem_citus_check_owner', 'idem_citus_distribute_later', 'idem_citus_carry_keys')
+ ORDER BY p.proname;
 SET ROLE regress_idem_citus_app;
 \set VERBOSITY sqlstate
 SELECT * FROM idem_citus_setup('idem_keys');
