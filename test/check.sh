@@ -12,6 +12,8 @@
 #     made in the background while 15's suites run): pg_regress, isolation
 #     and TAP each; pg_upgrade from 17 to 18; a blue/green move by logical
 #     replication from 15 to 18, and the example clients against 18.
+#   Last, 15 built with assertions from Debian's source (test/cassert.sh,
+#     built in the background meanwhile): pg_regress, isolation and TAP.
 #
 # SKIP_VALGRIND=1 leaves out the valgrind run, IDEM_MAJORS="18" (default
 # "17 18 19") chooses the chroot majors and IDEM_MAJORS="" leaves them all
@@ -32,13 +34,21 @@ if [ -n "$majors" ]; then
     prepare_pid=$!
     set +m
 fi
+# So is PostgreSQL 15 with assertions (test/cassert.sh, cached too): at the
+# lowest priority, the host's suites first; its step waits for it.
+cassert_log=$(mktemp /tmp/idempotency-cassert-build.XXXXXX)
+set -m
+nice -n 19 bash test/cassert.sh build </dev/null >"$cassert_log" 2>&1 &
+cassert_pid=$!
+set +m
 
 work=$(mktemp -d /tmp/idempotency-check.XXXXXX)
 cleanup() {
     # the preparing subshell and its test/matrix.sh (its own process group)
     [ -z "$prepare_pid" ] || kill -- -"$prepare_pid" 2>/dev/null || true
+    [ -z "$cassert_pid" ] || kill -- -"$cassert_pid" 2>/dev/null || true
     bash test/matrix.sh green stop >/dev/null 2>&1 || true
-    rm -rf "$work" "$prepare_log"
+    rm -rf "$work" "$prepare_log" "$cassert_log"
 }
 trap cleanup EXIT
 rsync -a --exclude .git --exclude node_modules ./ "$work/"
@@ -123,6 +133,16 @@ if [ -n "$majors" ]; then
         echo "##### PostgreSQL 18 server for blue/green: FAILED"
     fi
 fi
+
+# last, so that its build has had all the other steps' time
+cassert() {
+    local status=0
+    wait "$cassert_pid" || status=$?
+    cassert_pid=
+    cat "$cassert_log"
+    [ $status -eq 0 ] && bash test/cassert.sh
+}
+step "PostgreSQL 15 with assertions: pg_regress, isolation and TAP suites" cassert
 
 echo "suites: $passed passed, $failed failed (${SECONDS} s)"
 [ "$failed" -eq 0 ]

@@ -200,8 +200,18 @@ subtest 'a backlog in one database is worked off in turns, every other database 
 		isnt(expired_left($node, 'tenant_1', 'backlog-'), '0',
 			"round $round: ... while tenant_1 still has its backlog");
 	}
-	ok(poll($node, 'tenant_1', q{SELECT count(*) FROM idem_keys WHERE key LIKE 'backlog-%'}, '0', 120),
-		'tenant_1\'s backlog is swept in the end');
+	# however fast the machine: the backlog shrinks until it is gone, never
+	# stalling for a minute
+	my ($left, $last, $stalled_since) = (undef, undef, time);
+	for (;;)
+	{
+		$left = expired_left($node, 'tenant_1', 'backlog-');
+		last if $left eq '0';
+		if (!defined $last || $left < $last) { ($last, $stalled_since) = ($left, time); }
+		last if time - $stalled_since > 60;
+		usleep(500_000);
+	}
+	is($left, '0', 'tenant_1\'s backlog is swept in the end, shrinking all the while');
 	$snapshot->quit;
 	$node->stop;
 };
