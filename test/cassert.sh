@@ -52,18 +52,8 @@ contrib="pageinspect amcheck"
 configure_flags=(--enable-cassert --enable-debug --enable-tap-tests --without-readline
                  --without-icu --without-llvm --with-zlib)
 
-# The Debian mirror this machine installs from (as in test/matrix.sh): the
-# first deb source whose path ends in /debian (one-line or deb822 format).
-mirror() {
-    if [ -n "${IDEM_MIRROR:-}" ]; then echo "$IDEM_MIRROR"; return; fi
-    local m
-    m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-    [ -n "$m" ] || m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-    [ -n "$m" ] || die "no Debian mirror in /etc/apt/sources.list*; set IDEM_MIRROR"
-    echo "${m%/}"
-}
+# shellcheck source=test/mirror.sh
+. test/mirror.sh
 
 # apt on a sources list of our own: the main suite's deb-src only, its
 # index in the cache, the machine's own lists and caches untouched

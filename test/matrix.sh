@@ -62,18 +62,8 @@ packages_of() {
     esac
 }
 
-# The Debian mirror this machine installs from: the first deb source whose
-# path ends in /debian (one-line or deb822 format).
-mirror() {
-    if [ -n "${IDEM_MIRROR:-}" ]; then echo "$IDEM_MIRROR"; return; fi
-    local m
-    m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-    [ -n "$m" ] || m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-    [ -n "$m" ] || die "no Debian mirror in /etc/apt/sources.list*; set IDEM_MIRROR"
-    echo "${m%/}"
-}
+# shellcheck source=test/mirror.sh
+. test/mirror.sh
 
 # Unmount whatever is mounted under a directory (a green server's /dev,
 # say), deepest first; remove a chroot after that, never crossing into
