@@ -457,6 +457,7 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 	store->write_slot = NULL;
 	store->indexes_open = false;
 	store->fire_triggers = false;
+	store->check_constraints = false;
 	store->checked = 0;
 }
 
@@ -964,6 +965,35 @@ CheckWritable(IdemStore *store, CmdType cmd)
 }
 
 /*
+ * Could ExecConstraints refuse a record that FormRecordTuple makes?  Not
+ * while the table's only constraints are NOT NULL on the columns every
+ * record fills (the install script's): checking them would cost every row
+ * of a batch for nothing.  A CHECK constraint, or NOT NULL on another
+ * column, that a DBA added is checked.
+ */
+static bool
+ConstraintsCanFail(Relation heap)
+{
+	TupleDesc	desc = RelationGetDescr(heap);
+
+	if (desc->constr == NULL)
+		return false;
+	if (desc->constr->num_check > 0)
+		return true;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		AttrNumber	attnum = TupleDescAttr(desc, i)->attnum;
+
+		if (TupleDescAttr(desc, i)->attnotnull &&
+			attnum != Anum_created_at && attnum != Anum_expires_at &&
+			attnum != Anum_state && attnum != Anum_scope && attnum != Anum_key &&
+			attnum != IDEM_TENANT_ATTNUM)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Get ready for a write of kind cmd: at the first write of the call, make
  * the executor state a statement on the key table would have; at the first
  * write of each kind, check the table's triggers and rules for it; at the
@@ -991,6 +1021,7 @@ BeginWrites(IdemStore *store, CmdType cmd)
 												   RelationGetDescr(store->heap),
 												   &TTSOpsHeapTuple);
 		store->fire_triggers = (rri->ri_TrigDesc != NULL);
+		store->check_constraints = ConstraintsCanFail(store->heap);
 		if (store->fire_triggers)
 			AfterTriggerBeginQuery();
 		store->estate = estate;
@@ -1077,7 +1108,7 @@ PrepareRow(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	TupleTableSlot *slot = store->write_slot;
 
 	ExecStoreHeapTuple(FormRecordTuple(store, key, rec), slot, true);
-	if (RelationGetDescr(store->heap)->constr != NULL)
+	if (store->check_constraints)
 	{
 		writing_row = true;
 		PG_TRY();

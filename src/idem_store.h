@@ -154,6 +154,7 @@ typedef struct IdemStore
 	TupleTableSlot *write_slot; /* the row being written */
 	bool		indexes_open;	/* ExecOpenIndices done (inserts, updates) */
 	bool		fire_triggers;	/* the table has row triggers to fire */
+	bool		check_constraints;	/* a constraint could refuse a record */
 	uint8		checked;		/* the CmdTypes whose triggers and rules were checked */
 } IdemStore;
 
