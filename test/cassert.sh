@@ -134,7 +134,7 @@ build() {
     cd "$srcdir"
     # libdir has "postgres" in it: Debian's 50-per-version-dirs.patch would
     # otherwise install the server's modules in /usr/lib/postgresql/15/lib,
-    # over the host's packages (checked below)
+    # over the packages of Debian's own server (checked below)
     ./configure --prefix="$prefix" --libdir="$prefix/lib/postgresql" "${configure_flags[@]}" \
         >"$b/configure.log" 2>&1 || { tail -n 40 "$b/configure.log"; die "configure failed"; }
     local pkglibdir
@@ -190,7 +190,7 @@ rsync -a --exclude .git --exclude node_modules ./ "$work/"
 chown -R postgres "$work"
 as_pg() { su postgres -c "cd '$work' && $*"; }
 
-# the copy may hold objects built against the host's server
+# the copy may hold objects built against Debian's packaged server
 as_pg "make -s PG_CONFIG='$pg_config' clean"
 as_pg "make -s PG_CONFIG='$pg_config' IDEM_EXTRA_CFLAGS=-Werror"
 # no files of an earlier run's version of the extension left behind

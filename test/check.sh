@@ -35,7 +35,7 @@ if [ -n "$majors" ]; then
     set +m
 fi
 # So is PostgreSQL 15 with assertions (test/cassert.sh, cached too): at the
-# lowest priority, the host's suites first; its step waits for it.
+# lowest priority, the packaged server's suites first; its step waits for it.
 cassert_log=$(mktemp /tmp/idempotency-cassert-build.XXXXXX)
 set -m
 nice -n 19 bash test/cassert.sh build </dev/null >"$cassert_log" 2>&1 &
