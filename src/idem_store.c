@@ -85,7 +85,6 @@
 #define IDEM_PKEY_NAME		"idem_keys_pkey"
 #define IDEM_EXPIRY_NAME	"idem_keys_expires_at"
 #define IDEM_LEASES_NAME	"idem_keys_leases"
-#define IDEM_FAILURES_NAME	"idem_keys_failures"
 
 /*
  * The 64-bit hash of (scope, key) that names the key's lock.  Seeding the
@@ -192,10 +191,6 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	oids->leases = get_relname_relid(IDEM_LEASES_NAME, nspid);
 	if (OidIsValid(oids->leases) && !IsStoreIndex(oids->leases, oids->heap))
 		oids->leases = InvalidOid;
-	/* likewise until 0.4.0 */
-	oids->failures = get_relname_relid(IDEM_FAILURES_NAME, nspid);
-	if (OidIsValid(oids->failures) && !IsStoreIndex(oids->failures, oids->heap))
-		oids->failures = InvalidOid;
 	oids->nspid = nspid;
 	oids->is_shard = false;
 	oids->shardid = 0;
@@ -248,7 +243,8 @@ IdemStoreResolveShard(Oid nspid, int64 shardid, Oid owner, IdemStoreOids *oids)
 	oids->pkey = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_pkey", shardid, nspid, heap);
 	oids->expiry = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_expires_at", shardid, nspid, heap);
 	oids->leases = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_leases", shardid, nspid, heap);
-	oids->failures = LookupShardIndex(IDEM_TENANT_TABLE_NAME "_failures", shardid, nspid, heap);
+	/* the setup made it; writes need none of the indexes beyond these */
+	(void) LookupShardIndex(IDEM_TENANT_TABLE_NAME "_failures", shardid, nspid, heap);
 	oids->nspid = nspid;
 	oids->is_shard = true;
 	oids->shardid = shardid;
@@ -281,7 +277,7 @@ ForgetResolvedStore(Datum arg, Oid relid)
 	/* while a lookup is under way (!valid), every invalidation counts */
 	if (!resolved_store.valid || !OidIsValid(relid) ||
 		relid == o->heap || relid == o->pkey ||
-		relid == o->expiry || relid == o->leases || relid == o->failures)
+		relid == o->expiry || relid == o->leases)
 	{
 		resolved_store.valid = false;
 		resolved_store.invalidations++;

@@ -102,7 +102,6 @@ typedef struct IdemStoreOids
 	Oid			pkey;
 	Oid			expiry;
 	Oid			leases;			/* InvalidOid before version 0.2.0 */
-	Oid			failures;		/* InvalidOid before version 0.4.0 */
 	Oid			nspid;			/* the extension's schema */
 
 	/*
