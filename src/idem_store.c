@@ -401,8 +401,16 @@ TryOpenStoreIndex(Oid indexid, Oid heapid, LOCKMODE lockmode)
 
 /*
  * Find the store's relations again by name, into the store's own copy of
- * its OIDs, after an index they named was replaced (TryOpenStoreIndex).
- * The table itself is open and locked: its OID does not change.
+ * its OIDs, after an index they named was not a valid index of the table
+ * (TryOpenStoreIndex).  The table itself is open and locked: its OID does
+ * not change.
+ *
+ * The invalidations that have arrived are taken in first.  A transaction
+ * that already holds a lock on an index does not take them in when it
+ * opens the index again, and a name looked up afresh can then give the
+ * index REINDEX CONCURRENTLY swapped in while the relcache still describes
+ * it as the unfinished _ccnew copy: without them, the call would look again
+ * for as long as its transaction lasted, and REINDEX would wait on it.
  */
 static void
 ResolveStoreAgain(IdemStore *store)
@@ -411,6 +419,7 @@ ResolveStoreAgain(IdemStore *store)
 	const IdemStoreOids *oids = store->oids;
 
 	CHECK_FOR_INTERRUPTS();
+	AcceptInvalidationMessages();
 	if (!oids->is_shard)
 		ResolveInSchema(oids->nspid, &again);
 	else if (!IdemStoreResolveShard(oids->nspid, oids->shardid,
@@ -429,6 +438,49 @@ ResolveStoreAgain(IdemStore *store)
 	store->oids = &store->resolved_again;
 }
 
+/*
+ * Open the store's primary key (pkey) or expiry index, finding it again by
+ * name for as long as the OID it had does not give a valid index of the
+ * table.
+ *
+ * A committing transaction is seen in the catalogs a moment before its
+ * invalidations are sent (CommitTransaction ends it in the proc array
+ * first): a name looked up in that moment can give the index that REINDEX
+ * CONCURRENTLY just swapped in, while the relcache, which only the
+ * invalidations will correct, still holds it for the unfinished copy.  So a
+ * failed open is retried, a millisecond apart, for up to a second; an index
+ * that is still not valid then is not valid (a DBA's catalog edit, say),
+ * which a longer wait does not change.
+ */
+#define STORE_INDEX_RETRY_MS	1000
+
+static Relation
+OpenStoreIndex(IdemStore *store, bool pkey, LOCKMODE lockmode)
+{
+	TimestampTz deadline = 0;
+
+	for (;;)
+	{
+		Oid			indexid = pkey ? store->oids->pkey : store->oids->expiry;
+		Relation	index = TryOpenStoreIndex(indexid, store->oids->heap, lockmode);
+
+		if (index != NULL)
+			return index;
+		if (deadline == 0)
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   STORE_INDEX_RETRY_MS);
+		else if (GetCurrentTimestamp() >= deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("index \"%s\" of the key table is not valid",
+							get_rel_name(indexid)),
+					 errhint("Rebuild it with REINDEX INDEX CONCURRENTLY.")));
+		else
+			pg_usleep(1000L);
+		ResolveStoreAgain(store);
+	}
+}
+
 void
 IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 {
@@ -443,9 +495,7 @@ IdemStoreOpen(IdemStore *store, const IdemStoreOids *oids, bool may_write)
 		 !(natts == Natts_idem_keys_0_1 && !OidIsValid(oids->leases))))
 		elog(ERROR, "relation \"%s\" has %d columns, expected %d",
 			 RelationGetRelationName(store->heap), natts, Natts_idem_keys);
-	while ((store->pkey = TryOpenStoreIndex(store->oids->pkey, oids->heap,
-											lockmode)) == NULL)
-		ResolveStoreAgain(store);
+	store->pkey = OpenStoreIndex(store, true, lockmode);
 	store->slot = table_slot_create(store->heap, NULL);
 	store->cxt = CurrentMemoryContext;
 	store->estate = NULL;
@@ -1421,9 +1471,7 @@ IdemStoreSweep(const IdemStoreOids *oids, int64 batch, TimestampTz now,
 	IdemStoreOpen(&store, oids, true);
 	if (InSecurityRestrictedOperation() && superuser())
 		RefuseTriggersAsSuperuser(store.heap);
-	while ((expiry = TryOpenStoreIndex(store.oids->expiry, oids->heap,
-									   RowExclusiveLock)) == NULL)
-		ResolveStoreAgain(&store);
+	expiry = OpenStoreIndex(&store, false, RowExclusiveLock);
 	deleted = SweepOpenStore(&store, expiry, batch, now, resume);
 	index_close(expiry, NoLock);
 	IdemStoreClose(&store);

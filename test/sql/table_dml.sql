@@ -137,6 +137,24 @@ SELECT idem_once('outer');
 SELECT key FROM idem_keys WHERE key IN ('inner', 'inner-after', 'outer', 'reenter') ORDER BY key COLLATE "C";
 DROP TRIGGER dba_reenter_after ON idem_keys;
 
+------------------------------------------------------------------------
+-- an index of the store that is not valid is refused, not waited on for
+-- ever: the call looks for it again for a second, then names it (55000)
+------------------------------------------------------------------------
+SELECT idem_once('valid-1');
+SELECT keys_state() AS before_invalid \gset
+UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idem_keys_pkey'::regclass;
+SELECT try($$SELECT idem_once('invalid-1')::text$$);
+SELECT try($$SELECT status FROM idem_begin('invalid-2', '{}'::jsonb)$$);
+SELECT try($$SELECT status FROM idem_lookup('valid-1')$$);
+UPDATE pg_index SET indisvalid = true WHERE indexrelid = 'idem_keys_pkey'::regclass;
+SELECT keys_state() = :'before_invalid' AS unchanged;
+UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idem_keys_expires_at'::regclass;
+SELECT try($$SELECT idem_sweep()$$);
+UPDATE pg_index SET indisvalid = true WHERE indexrelid = 'idem_keys_expires_at'::regclass;
+SELECT keys_state() = :'before_invalid' AS unchanged;
+SELECT idem_once('valid-2');
+
 DROP TRIGGER audit_row ON idem_keys;
 DROP INDEX dba_created, dba_partial, dba_expr;
 DROP TABLE audit;
