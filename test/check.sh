@@ -4,16 +4,22 @@
 # -Werror, then runs the server-side suites as the postgres user in a
 # private copy of the tree (the server refuses root).
 #
-#   PostgreSQL 15 (the host): pg_regress, isolation and TAP (each suite on
-#     its own throwaway cluster), the example clients' end-to-end tests, the
-#     regression suite under valgrind, the Debian package (built, installed,
-#     its autopkgtest run) and the PGXN distribution;
-#   17, 18 and 19 (Debian's packages in debootstrap chroots, test/matrix.sh,
-#     made in the background while 15's suites run): pg_regress, isolation
-#     and TAP each; pg_upgrade from 17 to 18; a blue/green move by logical
-#     replication from 15 to 18, and the example clients against 18.
-#   Last, 15 built with assertions from Debian's source (test/cassert.sh,
-#     built in the background meanwhile): pg_regress, isolation and TAP.
+# Two lanes run side by side, one per core (the suites mostly wait on their
+# servers, so neither lane is much slower for the other):
+#
+#   here, PostgreSQL 15 (Debian's packaged server): pg_regress, isolation
+#     and TAP (each suite on its own throwaway cluster), the example clients'
+#     end-to-end tests, the regression suite under valgrind, the Debian
+#     package (built, installed, its autopkgtest run), the PGXN distribution,
+#     and last 15 built with assertions from Debian's source (test/cassert.sh,
+#     built in the background meanwhile): pg_regress, isolation and TAP;
+#   in the background, 17, 18 and 19 (Debian's packages in debootstrap
+#     chroots, test/matrix.sh, made first): pg_regress, isolation and TAP
+#     each, then pg_upgrade from 17 to 18 and 18 to 19.  Its output is
+#     printed when both lanes are done.
+#
+# Then a blue/green move by logical replication from 15 to 18, and the
+# example clients against 18.
 #
 # SKIP_VALGRIND=1 leaves out the valgrind run, IDEM_MAJORS="18" (default
 # "17 18 19") chooses the chroot majors and IDEM_MAJORS="" leaves them all
@@ -24,18 +30,8 @@ cd "$(dirname "$0")/.."
 bash test/setup.sh
 majors=${IDEM_MAJORS-17 18 19}
 
-# The chroots (cached between runs on one machine) are made while the
-# host's suites run: debootstrap and apt wait on the mirror and the disk.
-prepare_log=$(mktemp /tmp/idempotency-matrix-prepare.XXXXXX)
-prepare_pid=
-if [ -n "$majors" ]; then
-    set -m
-    (for v in $majors 18 19; do bash test/matrix.sh prepare "$v" || exit 1; done) >"$prepare_log" 2>&1 &
-    prepare_pid=$!
-    set +m
-fi
-# So is PostgreSQL 15 with assertions (test/cassert.sh, cached too): at the
-# lowest priority, the packaged server's suites first; its step waits for it.
+# PostgreSQL 15 with assertions (test/cassert.sh) is built, or found in its
+# cache, in the background at the lowest priority; its step waits for it.
 cassert_log=$(mktemp /tmp/idempotency-cassert-build.XXXXXX)
 set -m
 nice -n 19 bash test/cassert.sh build </dev/null >"$cassert_log" 2>&1 &
@@ -43,12 +39,14 @@ cassert_pid=$!
 set +m
 
 work=$(mktemp -d /tmp/idempotency-check.XXXXXX)
+lane_log=$(mktemp /tmp/idempotency-chroots.XXXXXX)
+lane_pid=
 cleanup() {
-    # the preparing subshell and its test/matrix.sh (its own process group)
-    [ -z "$prepare_pid" ] || kill -- -"$prepare_pid" 2>/dev/null || true
+    # the background lane and the assertions build (each its own process group)
+    [ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true
     [ -z "$cassert_pid" ] || kill -- -"$cassert_pid" 2>/dev/null || true
     bash test/matrix.sh green stop >/dev/null 2>&1 || true
-    rm -rf "$work" "$prepare_log" "$cassert_log"
+    rm -rf "$work" "$cassert_log" "$lane_log" "$lane_log.counts"
 }
 trap cleanup EXIT
 rsync -a --exclude .git --exclude node_modules ./ "$work/"
@@ -68,6 +66,34 @@ step() {
         echo "##### $name: FAILED ($((SECONDS - t0)) s)"
     fi
 }
+
+# The chroots' lane: made (or found in the cache, between runs on one
+# machine), then each major's suites, then pg_upgrade between them; its own
+# counts go to a file for the summary.
+chroot_lane() {
+    passed=0
+    failed=0
+    prepare() {
+        local v
+        for v in $majors 18 19; do bash test/matrix.sh prepare "$v" || return 1; done
+    }
+    step "chroots for PostgreSQL $majors" prepare
+    # TAP 041 sweeps 1,000 databases on 15; 250 on the other majors keep
+    # every code path it tests in a minute less each
+    for v in $majors; do
+        step "PostgreSQL $v: build with -Werror, pg_regress, isolation and TAP suites" \
+            env IDEM_TEST_DATABASES=${IDEM_TEST_DATABASES:-250} bash test/matrix.sh "$v"
+    done
+    # 17 to 18 says why it does not run with the archive's builds
+    step "pg_upgrade from 17 to 18 and from 18 to 19" bash test/matrix.sh upgrade
+    echo "$passed $failed" >"$lane_log.counts"
+}
+if [ -n "$majors" ]; then
+    set -m
+    chroot_lane </dev/null >"$lane_log" 2>&1 &
+    lane_pid=$!
+    set +m
+fi
 
 # make installcheck as postgres in the private copy, with make variables as
 # arguments and environment settings in ENVS; the diffs and TAP logs on
@@ -99,24 +125,30 @@ fi
 step "Debian package: build, install, autopkgtest" bash test/deb.sh
 step "PGXN distribution" bash test/dist.sh
 
+# last here, so that its build has had all the other steps' time
+cassert() {
+    local status=0
+    wait "$cassert_pid" || status=$?
+    cassert_pid=
+    cat "$cassert_log"
+    [ $status -eq 0 ] && bash test/cassert.sh
+}
+step "PostgreSQL 15 with assertions: pg_regress, isolation and TAP suites" cassert
+
 if [ -n "$majors" ]; then
-    prepared() {
-        local status=0
-        wait "$prepare_pid" || status=$?
-        prepare_pid=
-        cat "$prepare_log"
-        return $status
-    }
-    step "chroots for PostgreSQL $majors" prepared
-    # TAP 041 sweeps 1,000 databases on 15; 250 on the other majors keep
-    # every code path it tests and take a minute less each, which keeps CI
-    # well inside its 30 minutes
-    for v in $majors; do
-        step "PostgreSQL $v: build with -Werror, pg_regress, isolation and TAP suites" \
-            env IDEM_TEST_DATABASES=${IDEM_TEST_DATABASES:-250} bash test/matrix.sh "$v"
-    done
-    # 17 to 18 says why it does not run with the archive's builds
-    step "pg_upgrade from 17 to 18 and from 18 to 19" bash test/matrix.sh upgrade
+    lane_status=0
+    wait "$lane_pid" || lane_status=$?
+    lane_pid=
+    echo "##### the chroots' lane, which ran beside the steps above"
+    cat "$lane_log"
+    if [ -f "$lane_log.counts" ]; then
+        read -r lane_passed lane_failed <"$lane_log.counts"
+        passed=$((passed + lane_passed))
+        failed=$((failed + lane_failed))
+    else
+        failed=$((failed + 1))
+        echo "##### the chroots' lane: FAILED (exit $lane_status before its end)"
+    fi
 
     # blue (15, the host) to green (18, the sid chroot) over loopback; then
     # the example clients against green
@@ -133,16 +165,6 @@ if [ -n "$majors" ]; then
         echo "##### PostgreSQL 18 server for blue/green: FAILED"
     fi
 fi
-
-# last, so that its build has had all the other steps' time
-cassert() {
-    local status=0
-    wait "$cassert_pid" || status=$?
-    cassert_pid=
-    cat "$cassert_log"
-    [ $status -eq 0 ] && bash test/cassert.sh
-}
-step "PostgreSQL 15 with assertions: pg_regress, isolation and TAP suites" cassert
 
 echo "suites: $passed passed, $failed failed (${SECONDS} s)"
 [ "$failed" -eq 0 ]
