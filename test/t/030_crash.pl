@@ -44,6 +44,7 @@ $node->append_conf(
 shared_preload_libraries = 'idempotency'
 idempotency.sweeper = off
 max_connections = 30
+log_statement = 'ddl'
 });
 $node->start;
 

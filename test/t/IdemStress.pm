@@ -18,10 +18,13 @@ our $rounds = 10;
 our $seconds = 2;
 
 # postgresql.conf lines for the node under test.
+# (PostgreSQL::Test::Cluster logs every statement; the load's tens of
+# thousands would only cost the run its time)
 our $conf = qq{
 shared_preload_libraries = 'idempotency'
 idempotency.sweeper = off
 max_connections = 50
+log_statement = 'ddl'
 };
 
 # The extension, the business table and the outcome counters.
