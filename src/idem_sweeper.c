@@ -447,6 +447,33 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	return true;
 }
 
+/* What a visit records when its database's lock was taken. */
+#define SKIPPED_LOCKED_MSG \
+	"skipped: another transaction holds a lock on the database (ALTER DATABASE or DROP DATABASE)"
+
+/*
+ * Would a connection to the database get its lock at once?  Connecting
+ * takes a lock on the database that ALTER DATABASE ... RENAME (which its
+ * owner may run inside a transaction and keep open) and DROP DATABASE
+ * conflict with, and waits for it without any timeout; a worker started
+ * then would hold its place until idempotency.sweep_worker_timeout.  Asked
+ * without waiting, in a transaction of the launcher's own.
+ */
+static bool
+DatabaseLockFree(Oid dboid)
+{
+	LOCKTAG		tag;
+	bool		free;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dboid, 0);
+	StartTransactionCommand();
+	free = LockAcquire(&tag, RowExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);	/* commit leaves TopMemoryContext */
+	return free;
+}
+
 /*
  * A worker has exited: publish its visit in the status table, and keep or
  * drop its database's resume point.  Returns true when the database has
@@ -479,6 +506,16 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	}
 	else if (report.finished)
 		strlcpy(error, report.error, sizeof(error));
+	else if (!DatabaseLockFree(target->dboid))
+	{
+		/*
+		 * It was started just before another transaction took the
+		 * database's lock, and gave up connecting (lock_timeout, which it
+		 * sets before connecting): the visit was skipped, as one started a
+		 * moment later would have been.
+		 */
+		strlcpy(error, SKIPPED_LOCKED_MSG, sizeof(error));
+	}
 	else
 	{
 		/*
@@ -524,35 +561,11 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	return more;
 }
 
-/*
- * Would a connection to the database get its lock at once?  Connecting
- * takes a lock on the database that ALTER DATABASE ... RENAME (which its
- * owner may run inside a transaction and keep open) and DROP DATABASE
- * conflict with, and waits for it without any timeout; a worker started
- * then would hold its place until idempotency.sweep_worker_timeout.  Asked
- * without waiting, in a transaction of the launcher's own.
- */
-static bool
-DatabaseLockFree(Oid dboid)
-{
-	LOCKTAG		tag;
-	bool		free;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-
-	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dboid, 0);
-	StartTransactionCommand();
-	free = LockAcquire(&tag, RowExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller_cxt);	/* commit leaves TopMemoryContext */
-	return free;
-}
-
 /* Record that a pass skipped a database whose lock was taken. */
 static void
 SkipLockedDatabase(SweepTarget *target)
 {
-	const char *error = "skipped: another transaction holds a lock on the database "
-	"(ALTER DATABASE or DROP DATABASE)";
+	const char *error = SKIPPED_LOCKED_MSG;
 	SweepStatus *s;
 	DatabaseState *state;
 
@@ -997,6 +1010,16 @@ idem_sweeper_worker_main(Datum main_arg)
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * Connecting waits for the database's lock without end: an ALTER
+	 * DATABASE ... RENAME that its owner keeps open, taken between the
+	 * launcher's look at the lock (DatabaseLockFree) and this connection,
+	 * would hold the worker, and its place, until sweep_worker_timeout.
+	 * Give up after the same lock_timeout the visit runs with; the launcher
+	 * records the visit as skipped.
+	 */
+	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	PinWorkerSettings();
 
