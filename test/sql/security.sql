@@ -409,6 +409,39 @@ SELECT status, response_code FROM public.idem_lookup('sp-1', 'tenant-b');
 SELECT status, response_body FROM public.idem_begin('su-1', '{"a": 1}'::jsonb);
 RESET search_path;
 
+------------------------------------------------------------------------
+-- the views over the key table are security barriers: an operator allowed
+-- to read the failed and dead keys sees them alone, whatever function it
+-- puts in its WHERE clause, however cheap
+------------------------------------------------------------------------
+SELECT c.relname, c.reloptions
+FROM pg_class c
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v'
+  AND c.relname LIKE 'idem%'
+  AND EXISTS (SELECT FROM pg_depend d
+              WHERE d.classid = 'pg_rewrite'::regclass
+                AND d.objid IN (SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = c.oid)
+                AND d.refobjid = 'public.idem_keys'::regclass)
+ORDER BY 1;
+SELECT idem_once('barrier-done', 'tenant-secret');
+SELECT idem_fail('barrier-failed', 'card declined', 'ops', 1);
+GRANT SELECT ON idem_failed_keys TO regress_idem_app;
+SET ROLE regress_idem_app;
+CREATE FUNCTION pg_temp.leak(s text, k text) RETURNS boolean
+LANGUAGE plpgsql COST 0.0000001 AS $$
+BEGIN
+  RAISE NOTICE 'seen: % %', s, k;
+  RETURN true;
+END $$;
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+SELECT scope, key, status FROM idem_failed_keys WHERE pg_temp.leak(scope, key);
+RESET enable_indexscan;
+RESET enable_bitmapscan;
+RESET ROLE;
+REVOKE SELECT ON idem_failed_keys FROM regress_idem_app;
+DROP FUNCTION pg_temp.leak(text, text);
+
 DROP TABLE pg_temp.idem_keys;
 SET client_min_messages = warning;
 DROP SCHEMA regress_evil2 CASCADE;
