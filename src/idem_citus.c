@@ -874,8 +874,8 @@ SetShardLockTag(LOCKTAG *tag, const ShardMapEntry *e)
 static void
 ScopeAsTenantContext(void *arg)
 {
-	errcontext("reading idempotency scope \"%s\" as a tenant of idem_tenant_keys",
-			   (const char *) arg);
+	errcontext("reading idempotency scope %s as a tenant of idem_tenant_keys",
+			   IdemQuoteName((const char *) arg, strlen((const char *) arg)));
 }
 
 /*
@@ -990,10 +990,10 @@ ReportShardMoved(const text *scope, bool waited)
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 			 waited ?
-			 errmsg("the shard of idempotency scope \"%s\" moved while this call waited for it",
-					text_to_cstring(scope)) :
-			 errmsg("the shard of idempotency scope \"%s\" moved away from this node",
-					text_to_cstring(scope)),
+			 errmsg("the shard of idempotency scope %s moved while this call waited for it",
+					IdemQuoteName(VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope))) :
+			 errmsg("the shard of idempotency scope %s moved away from this node",
+					IdemQuoteName(VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope))),
 			 waited ? 0 :
 			 errdetail("The call was sent here before the move ended; the shard's old copy here is no longer used."),
 			 errhint("Retry the transaction: Citus sends it to the shard's new node.")));
@@ -1093,8 +1093,8 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 			ReportShardMoved(*scope, false);
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("the key of idempotency scope \"%s\" is not on this node",
-						text_to_cstring(*scope)),
+				 errmsg("the key of idempotency scope %s is not on this node",
+						IdemQuoteName(VARDATA_ANY(*scope), VARSIZE_ANY_EXHDR(*scope))),
 				 errdetail("Its tenant's shard " INT64_FORMAT " has no placement on this node, so the key would commit apart from the tenant's writes.",
 						   shardid),
 				 errhint("Call the function from the coordinator in a statement of its own, SELECT f(...) or SELECT * FROM f(...), with the scope as a %s, so that Citus delegates it to the tenant's node; Citus does not delegate a call inside an expression or a PL/pgSQL condition.",

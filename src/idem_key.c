@@ -27,11 +27,12 @@
 char *
 IdemKeyName(const IdemKey *key)
 {
-	char	   *k = text_to_cstring(key->key);
+	char	   *k = IdemQuoteName(VARDATA_ANY(key->key), VARSIZE_ANY_EXHDR(key->key));
 
 	if (VARSIZE_ANY_EXHDR(key->scope) == 0)
-		return psprintf("\"%s\"", k);
-	return psprintf("\"%s\" in scope \"%s\"", k, text_to_cstring(key->scope));
+		return k;
+	return psprintf("%s in scope %s", k,
+					IdemQuoteName(VARDATA_ANY(key->scope), VARSIZE_ANY_EXHDR(key->scope)));
 }
 
 /*

@@ -273,16 +273,39 @@ IdemOpenKeyClose(IdemOpenKey *open, const IdemKey *key, IdemOpenState how)
 	}
 }
 
+/*
+ * A key or scope (len bytes of s) for a message: in double quotes, each
+ * double quote in it doubled, as PostgreSQL quotes an identifier.  Keys and
+ * scopes come from clients: a key such as pay-1" in scope "tenantA must not
+ * read as another key in another scope.
+ */
+char *
+IdemQuoteName(const char *s, int len)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '"');
+	for (int i = 0; i < len; i++)
+	{
+		if (s[i] == '"')
+			appendStringInfoChar(&buf, '"');
+		appendStringInfoChar(&buf, s[i]);
+	}
+	appendStringInfoChar(&buf, '"');
+	return buf.data;
+}
+
 /* Name a key for a message: "key", or "key" in scope "scope". */
 static char *
 KeyTagName(const IdemKeyTag *tag)
 {
-	char	   *key = pnstrdup(tag->data + tag->scope_len, tag->key_len);
+	char	   *key = IdemQuoteName(tag->data + tag->scope_len, tag->key_len);
 
 	if (tag->scope_len == 0)
-		return psprintf("\"%s\"", key);
-	return psprintf("\"%s\" in scope \"%s\"", key,
-					pnstrdup(tag->data, tag->scope_len));
+		return key;
+	return psprintf("%s in scope %s", key,
+					IdemQuoteName(tag->data, tag->scope_len));
 }
 
 /*

@@ -23,6 +23,7 @@ typedef enum IdemOpenState
 /* What idem_finish needs to write the record that idem_begin started. */
 typedef struct IdemOpenKey IdemOpenKey;
 
+extern char *IdemQuoteName(const char *s, int len);
 extern void IdemXactInit(void);
 extern bool IdemKeyLock(const IdemKey *key, bool wait);
 extern void IdemKeyUnlock(const IdemKey *key);

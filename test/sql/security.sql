@@ -442,6 +442,17 @@ RESET ROLE;
 REVOKE SELECT ON idem_failed_keys FROM regress_idem_app;
 DROP FUNCTION pg_temp.leak(text, text);
 
+------------------------------------------------------------------------
+-- a key or scope is quoted in messages as an identifier is, its double
+-- quotes doubled: a key cannot read as another key in another scope
+------------------------------------------------------------------------
+SELECT try($$SELECT idem_finish('pay-1001" in scope "tenantA', 200)$$);
+SELECT try($$SELECT idem_finish('pay-1001', 200, scope => 'tenantA')$$);
+SELECT try($$SELECT idem_erase('k"', 'sc"ope')::text$$);
+BEGIN;
+SELECT status FROM idem_begin('unfinished" in scope "b', '{}'::jsonb, 'a');
+COMMIT;
+
 DROP TABLE pg_temp.idem_keys;
 SET client_min_messages = warning;
 DROP SCHEMA regress_evil2 CASCADE;
