@@ -8,15 +8,30 @@
  * of strings for a field that occurs more than once (Set-Cookie, Link), in
  * order.  jsonb does not keep the order of different field names, which
  * RFC 9110 section 5.3 says is not significant; it keeps every value's
- * characters exactly.  A name must be an RFC 9110 token, given once
- * (ignoring case), and a value must hold no control character but a tab:
- * the application replays them into a response, where a line break would
- * start a header (or a body) of the requester's choosing, and a stricter
- * HTTP stack would refuse the whole response.  The byte body is kept and returned exactly.
+ * characters exactly.  The application replays them into a response, so
+ * they are held to what a proxy may safely pass on beside a body that the
+ * replaying server frames itself:
+ *
+ * - a name is an RFC 9110 token, given once (ignoring case), and not one
+ *   of the fields that frame the message or belong to one connection
+ *   (Content-Length, Transfer-Encoding, Connection, Keep-Alive,
+ *   Proxy-Connection, TE, Trailer, Upgrade; RFC 9112 6 and RFC 9110
+ *   7.6.1): replayed beside another body or over another connection, they
+ *   would let the requester's bytes be read as the next message;
+ * - a value holds no control character but a tab (RFC 9110 5.5): no CR or
+ *   LF, which would start a header or the body, no other C0 control or
+ *   DEL, and, where the server encoding can say so, no C1 control (U+0085
+ *   NEL is a line break to some decoders), no line or paragraph separator
+ *   (U+2028, U+2029) and no bidirectional embedding, override or isolate
+ *   (U+202A..U+202E, U+2066..U+2069), which make a logged or displayed
+ *   value read otherwise than it is.
+ *
+ * The byte body is kept and returned exactly.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -42,6 +57,94 @@ IsTokenChar(unsigned char c)
 	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
 		return true;
 	return strchr("!#$%&'*+-.^_`|~", c) != NULL && c != '\0';
+}
+
+/*
+ * A character beyond ASCII that a value may not hold: a C1 control, a line
+ * or paragraph separator, a bidirectional embedding, override or isolate.
+ */
+static bool
+IsRefusedCodePoint(pg_wchar cp)
+{
+	return (cp >= 0x80 && cp <= 0x9f) ||
+		cp == 0x2028 || cp == 0x2029 ||
+		(cp >= 0x202a && cp <= 0x202e) ||
+		(cp >= 0x2066 && cp <= 0x2069);
+}
+
+/*
+ * Raise 22023 if a value holds a refused character beyond ASCII.  The
+ * value is in the server encoding: a UTF-8 one is read as it is, another
+ * is converted to UTF-8 first; SQL_ASCII says nothing of its bytes beyond
+ * ASCII, which pass as the opaque obs-text of RFC 9110.
+ */
+static void
+CheckHeaderCodePoints(const char *name, int namelen, const char *val, int len)
+{
+	const unsigned char *p;
+	const unsigned char *end;
+	char	   *utf8 = NULL;
+	int			i;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char) val[i] >= 0x80)
+			break;
+	if (i == len || GetDatabaseEncoding() == PG_SQL_ASCII)
+		return;
+	if (GetDatabaseEncoding() != PG_UTF8)
+		utf8 = pg_server_to_any(val, len, PG_UTF8);
+	if (utf8 != NULL && utf8 != val)
+	{
+		p = (const unsigned char *) utf8;
+		end = p + strlen(utf8);
+	}
+	else
+	{
+		p = (const unsigned char *) val;
+		end = p + len;
+	}
+	while (p < end)
+	{
+		int			n = pg_utf_mblen(p);
+		pg_wchar	cp;
+
+		if (n > end - p)
+			break;				/* the server encoding's checks saw to it */
+		cp = utf8_to_unicode(p);
+		if (IsRefusedCodePoint(cp))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("response header \"%.*s\" contains the character U+%04X",
+							namelen, name, (unsigned int) cp),
+					 errdetail("A field value may hold no C1 control, line or paragraph separator, or bidirectional embedding, override or isolate.")));
+		p += n;
+	}
+	if (utf8 != NULL && utf8 != val)
+		pfree(utf8);
+}
+
+/*
+ * The fields that frame a message or belong to one connection (RFC 9112
+ * section 6, RFC 9110 section 7.6.1): the server that replays a response
+ * frames it and owns its connection.
+ */
+static const char *const framing_fields[] = {
+	"Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+	"Proxy-Connection", "TE", "Trailer", "Upgrade"
+};
+
+/* Raise 22023 for a field a replay may not carry. */
+static void
+CheckHeaderName(const char *name, int namelen)
+{
+	for (int i = 0; i < lengthof(framing_fields); i++)
+		if (strlen(framing_fields[i]) == namelen &&
+			pg_strncasecmp(framing_fields[i], name, namelen) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("response header \"%.*s\" cannot be stored", namelen, name),
+					 errdetail("It frames the message or belongs to one connection: the server that replays the response sets it for the body it sends."),
+					 errhint("Leave it out; keep only the headers a retry needs, such as Location or Content-Type.")));
 }
 
 /* Raise 22023 unless a header value can go into a response as it is. */
@@ -70,6 +173,7 @@ CheckHeaderValue(const char *name, int namelen, const JsonbValue *v)
 					 errdetail("Byte 0x%02x at offset %d; a field value may hold no control character but a tab.",
 							   c, i)));
 	}
+	CheckHeaderCodePoints(name, namelen, v->val.string.val, v->val.string.len);
 }
 
 /*
@@ -169,6 +273,7 @@ IdemCheckResponseHeaders(Jsonb *headers)
 								 errmsg("response header name \"%.*s\" is not a valid field name",
 										namelen, name),
 								 errdetail("A field name is a token of RFC 9110: letters, digits and !#$%%&'*+-.^_`|~.")));
+				CheckHeaderName(name, namelen);
 				break;
 			case WJB_VALUE:
 			case WJB_ELEM:

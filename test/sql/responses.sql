@@ -122,13 +122,24 @@ SELECT n, try(stmt) FROM (VALUES
   (18, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a\u000bb"}')$$),
   (19, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": ["ok", "a\u007fb"]}')$$),
   (20, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Location": "/a", "location": "/b"}')$$),
-  (21, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a", "Set-Cookie": "1", "SET-COOKIE": ["2"]}')$$)
+  (21, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a", "Set-Cookie": "1", "SET-COOKIE": ["2"]}')$$),
+  -- the fields that frame a message or belong to one connection
+  (22, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Content-Length": "12"}')$$),
+  (23, $$SELECT idem_finish('bad-1', 200, response_headers => '{"transfer-encoding": "chunked"}')$$),
+  (24, $$SELECT idem_finish('bad-1', 200, response_headers => '{"X-A": "a", "CONNECTION": "close"}')$$),
+  (25, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Keep-Alive": "timeout=5"}')$$),
+  (26, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Proxy-Connection": "keep-alive"}')$$),
+  (27, $$SELECT idem_finish('bad-1', 200, response_headers => '{"TE": "trailers"}')$$),
+  (28, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Trailer": "Expires"}')$$),
+  (29, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Upgrade": ["h2c"]}')$$)
 ) v(n, stmt)
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
 -- the key is still this transaction's to finish; a tab and non-ASCII text are fine
 SELECT idem_finish('bad-1', 200, response_headers => jsonb_build_object('X-Ok', repeat('v', 1000),
-                                                                        'X-Tab', E'a\tb', 'X-Name', 'Zoë'));
+                                                                        'X-Tab', E'a\tb', 'X-Name', 'Zoë',
+                                                                        'Content-Type', 'text/plain',
+                                                                        'X-Content-Length', '12'));
 COMMIT;
 SELECT status, length(response_headers ->> 'X-Ok') AS kept, response_headers ->> 'X-Tab' AS tab,
        response_headers ->> 'X-Name' AS name
