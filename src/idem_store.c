@@ -40,7 +40,6 @@
 #include "rewrite/rewriteDefine.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
-#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -51,6 +50,7 @@
 #include "utils/snapmgr.h"
 
 #include "idem_compat.h"
+#include "idem_lockkey.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
@@ -87,18 +87,15 @@
 #define IDEM_LEASES_NAME	"idem_keys_leases"
 
 /*
- * The 64-bit hash of (scope, key) that names the key's lock.  Seeding the
- * key's hash with the scope's keeps the split between them unambiguous.
+ * The 64-bit hash of (scope, key) that names the key's lock: keyed by the
+ * cluster's secret, so that no role can read a key back from pg_locks or
+ * aim one of its own at another's lock (idem_lockkey.c).
  */
 uint64
 IdemKeyHash(const text *scope, const text *key)
 {
-	uint64		scope_hash;
-
-	scope_hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
-									 VARSIZE_ANY_EXHDR(scope), 0);
-	return hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
-							   VARSIZE_ANY_EXHDR(key), scope_hash);
+	return IdemLockKeyHash(VARDATA_ANY(scope), VARSIZE_ANY_EXHDR(scope),
+						   VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key));
 }
 
 /*
