@@ -141,6 +141,28 @@ SET idempotency.unfinished = 'ignore';
 SET idempotency.unfinished = 'ERROR';
 SHOW idempotency.unfinished;
 RESET idempotency.unfinished;
+-- who may change it: any role for its own sessions, and a database's owner
+-- for the database (docs/security.md); no other idempotency.* setting
+SELECT current_database() AS db, datdba::regrole AS owner0
+FROM pg_database WHERE datname = current_database() \gset
+CREATE ROLE regress_idem_dbowner;
+ALTER DATABASE :"db" OWNER TO regress_idem_dbowner;
+SET ROLE regress_idem_dbowner;
+SET idempotency.unfinished = 'release';
+SHOW idempotency.unfinished;
+RESET idempotency.unfinished;
+ALTER DATABASE :"db" SET idempotency.unfinished = 'release';
+SELECT c AS database_setting
+FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
+WHERE d.datname = current_database() AND s.setrole = 0 AND c LIKE 'idempotency.%';
+ALTER DATABASE :"db" RESET idempotency.unfinished;
+\set VERBOSITY sqlstate
+ALTER DATABASE :"db" SET idempotency.track_stats = off;
+SET idempotency.track_stats = off;
+\set VERBOSITY default
+RESET ROLE;
+ALTER DATABASE :"db" OWNER TO :"owner0";
+DROP ROLE regress_idem_dbowner;
 
 ------------------------------------------------------------------------
 -- savepoints
