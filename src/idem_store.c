@@ -36,6 +36,7 @@
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
+#include "optimizer/optimizer.h"
 #include "rewrite/prs2lock.h"
 #include "rewrite/rewriteDefine.h"
 #include "miscadmin.h"
@@ -1037,6 +1038,175 @@ ConstraintsCanFail(Relation heap)
 }
 
 /*
+ * What ExecOpenIndices builds for each index of the key table, kept across
+ * calls.  ExecOpenIndices makes every index's IndexInfo again for each
+ * statement (copying its expression and predicate trees out of the
+ * relcache), and ExecInsertIndexTuples compiles a partial index's predicate
+ * once per executor state: for the key table's two partial indexes, and a
+ * call that writes one row, that was most of what writing through the
+ * executor cost over writing the known indexes directly.  Here each index's
+ * IndexInfo is built once, with its predicate and expressions compiled as
+ * the type cache compiles a domain's checks (ExecInitExpr with no parent,
+ * in a context of the cache's own), and each call gets a shallow copy whose
+ * index AM cache is its own.
+ *
+ * An entry is dropped when its index's relcache entry is invalidated (a
+ * REINDEX, CREATE INDEX CONCURRENTLY marking it ready, a DROP, ...).  Its
+ * memory may still be in use by the call that was writing when the
+ * invalidation arrived (one arrives whenever a lock is taken), so it is
+ * kept until the transaction ends.
+ */
+typedef struct CachedIndexInfo
+{
+	Oid			indexid;		/* hash key */
+	bool		valid;
+	MemoryContext cxt;			/* the IndexInfo, its trees and ExprStates */
+	IndexInfo  *ii;
+} CachedIndexInfo;
+
+static HTAB *index_infos = NULL;
+static MemoryContext index_info_cxt = NULL;
+static MemoryContext retired_index_info_cxt = NULL;
+
+static void
+RetireIndexInfo(CachedIndexInfo *entry)
+{
+	if (entry->cxt != NULL)
+		MemoryContextSetParent(entry->cxt, retired_index_info_cxt);
+	entry->cxt = NULL;
+	entry->ii = NULL;
+	entry->valid = false;
+}
+
+static void
+ForgetIndexInfos(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS seq;
+	CachedIndexInfo *entry;
+
+	if (OidIsValid(relid))
+	{
+		entry = hash_search(index_infos, &relid, HASH_FIND, NULL);
+		if (entry != NULL)
+			RetireIndexInfo(entry);
+		return;
+	}
+	hash_seq_init(&seq, index_infos);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		RetireIndexInfo(entry);
+}
+
+static void
+FreeRetiredIndexInfos(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		MemoryContextReset(retired_index_info_cxt);
+}
+
+/* The IndexInfo of an open index of the key table, from the cache. */
+static IndexInfo *
+StoreIndexInfo(Relation index)
+{
+	Oid			indexid = RelationGetRelid(index);
+	CachedIndexInfo *entry;
+	bool		found;
+	IndexInfo  *copy;
+
+	if (index_infos == NULL)
+	{
+		HASHCTL		ctl;
+
+		index_info_cxt = AllocSetContextCreate(CacheMemoryContext,
+											   "idempotency index infos",
+											   ALLOCSET_SMALL_SIZES);
+		retired_index_info_cxt = AllocSetContextCreate(index_info_cxt,
+													   "idempotency retired index infos",
+													   ALLOCSET_SMALL_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(CachedIndexInfo);
+		ctl.hcxt = index_info_cxt;
+		index_infos = hash_create("idempotency index infos", 16, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(ForgetIndexInfos, (Datum) 0);
+		RegisterXactCallback(FreeRetiredIndexInfos, NULL);
+	}
+	entry = hash_search(index_infos, &indexid, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->valid = false;
+		entry->cxt = NULL;
+		entry->ii = NULL;
+	}
+	if (!entry->valid)
+	{
+		MemoryContext cxt = AllocSetContextCreate(index_info_cxt,
+												  "idempotency index info",
+												  ALLOCSET_SMALL_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		IndexInfo  *ii = BuildIndexInfo(index);
+
+		if (ii->ii_Predicate != NIL)
+			ii->ii_PredicateState =
+				ExecInitQual((List *) expression_planner((Expr *) ii->ii_Predicate), NULL);
+		if (ii->ii_Expressions != NIL)
+		{
+			ListCell   *lc;
+
+			foreach(lc, ii->ii_Expressions)
+				ii->ii_ExpressionsState =
+					lappend(ii->ii_ExpressionsState,
+							ExecInitExpr(expression_planner((Expr *) lfirst(lc)), NULL));
+		}
+		MemoryContextSwitchTo(old);
+		if (entry->cxt != NULL)
+			MemoryContextSetParent(entry->cxt, retired_index_info_cxt);
+		entry->cxt = cxt;
+		entry->ii = ii;
+		entry->valid = true;
+	}
+	copy = palloc(sizeof(IndexInfo));
+	memcpy(copy, entry->ii, sizeof(IndexInfo));
+	copy->ii_Context = CurrentMemoryContext;
+	copy->ii_AmCache = NULL;
+	return copy;
+}
+
+/*
+ * ExecOpenIndices(rri, false), with each IndexInfo from the cache above:
+ * every index of the table, ready or not (ExecInsertIndexTuples skips one
+ * that is not ready for inserts, as it does for a statement).
+ */
+static void
+OpenStoreIndices(ResultRelInfo *rri)
+{
+	Relation	heap = rri->ri_RelationDesc;
+	List	   *indexoids;
+	ListCell   *lc;
+	int			i = 0;
+
+	rri->ri_NumIndices = 0;
+	if (!RelationGetForm(heap)->relhasindex)
+		return;
+	indexoids = RelationGetIndexList(heap);
+	if (indexoids == NIL)
+		return;
+	rri->ri_IndexRelationDescs = palloc(sizeof(Relation) * list_length(indexoids));
+	rri->ri_IndexRelationInfo = palloc(sizeof(IndexInfo *) * list_length(indexoids));
+	rri->ri_NumIndices = list_length(indexoids);
+	foreach(lc, indexoids)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+
+		rri->ri_IndexRelationDescs[i] = index;
+		rri->ri_IndexRelationInfo[i] = StoreIndexInfo(index);
+		i++;
+	}
+	list_free(indexoids);
+}
+
+/*
  * Get ready for a write of kind cmd: at the first write of the call, make
  * the executor state a statement on the key table would have; at the first
  * write of each kind, check the table's triggers and rules for it; at the
@@ -1079,7 +1249,7 @@ BeginWrites(IdemStore *store, CmdType cmd)
 	if (cmd != CMD_DELETE && !store->indexes_open)
 	{
 		old = MemoryContextSwitchTo(store->estate->es_query_cxt);
-		ExecOpenIndices(store->rri, false);
+		OpenStoreIndices(store->rri);
 		MemoryContextSwitchTo(old);
 		store->indexes_open = true;
 	}
