@@ -26,7 +26,18 @@
 #   NKEYS     completed keys to replay  (default 10000)
 #   BATCH     ids per idem_once_batch   (default 100)
 #   SCENARIOS which of them             (default "ext_write ext_replay batch_ext")
+#   MEASURE   tps, or instructions      (default tps)
+#   CALLS     calls per scenario with MEASURE=instructions (default 1000;
+#             BATCH times fewer batches)
 #   PG_CONFIG, KEEP=1, RESULTS_DIR      as for bench/run.sh
+#
+# MEASURE=instructions counts, instead of timing, the CPU instructions one
+# call costs on each side: the same scenarios, as statements of one backend
+# in single-user mode under valgrind's callgrind, run once with CALLS calls
+# and once with 2 x CALLS, each from a copy of the same set-up cluster; the
+# difference, divided by CALLS, is a call's cost without the backend's start
+# and end.  The count does not depend on what else the machine is doing, so
+# it resolves a difference of well under 1% where tps needs many rounds.
 set -euo pipefail
 
 REV=${1:?usage: bench/compare.sh REV}
@@ -38,7 +49,13 @@ BATCH=${BATCH:-100}
 SCENARIOS=${SCENARIOS:-ext_write ext_replay batch_ext}
 KEEP=${KEEP:-0}
 PG_CONFIG=${PG_CONFIG:-pg_config}
-for v in DURATION ROUNDS CLIENTS NKEYS BATCH; do
+MEASURE=${MEASURE:-tps}
+CALLS=${CALLS:-1000}
+[[ $MEASURE == tps || $MEASURE == instructions ]] || { echo "compare.sh: MEASURE is tps or instructions" >&2; exit 2; }
+if [[ $MEASURE == instructions ]] && ! command -v valgrind >/dev/null; then
+	echo "compare.sh: MEASURE=instructions needs valgrind" >&2; exit 2
+fi
+for v in DURATION ROUNDS CLIENTS NKEYS BATCH CALLS; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: $v must be a positive integer" >&2; exit 2; }
 done
 
@@ -121,6 +138,75 @@ EOF
 	log "$side: $("${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -At -h "$WORK" -p "${PORT[$side]}" -U postgres -d bench \
 		-c "SELECT 'extension ' || extversion || ', library ' || (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') FROM pg_extension WHERE extname = 'idempotency'")"
 done
+# The statements of one scenario, CALLS x factor calls, for a single-user
+# backend (-j: a statement ends with a semicolon and an empty line),
+# prepared first as pgbench -M prepared has them; keys are new to the
+# cluster, and the same on both sides.
+single_user_script() {	# scenario factor
+	local n=$((CALLS * $2)) i body='{"amount": 500, "to": "acct_42"}'
+	case $1 in
+	ext_write)
+		printf "PREPARE b(text) AS SELECT * FROM idem_begin(\$1, '%s'::jsonb);\n\n" "$body"
+		printf "PREPARE i(text) AS INSERT INTO payments (key, amount) VALUES (\$1, 500);\n\n"
+		printf "PREPARE f(text) AS SELECT idem_finish(\$1, 201, '{\"id\": 991, \"state\": \"paid\"}'::jsonb);\n\n"
+		for ((i = 1; i <= n; i++)); do
+			printf "BEGIN;\n\nEXECUTE b('w-%d');\n\nEXECUTE i('w-%d');\n\nEXECUTE f('w-%d');\n\nCOMMIT;\n\n" "$i" "$i" "$i"
+		done ;;
+	ext_replay)
+		printf "PREPARE r(text) AS SELECT * FROM idem_begin(\$1, '%s'::jsonb);\n\n" "$body"
+		for ((i = 1; i <= n; i++)); do
+			printf "EXECUTE r('p-%d');\n\n" $((1 + (i * 7919) % NKEYS))
+		done ;;
+	batch_ext)
+		printf "PREPARE o(text, int) AS SELECT cardinality(idem_once_batch(ARRAY(SELECT \$1 || g FROM generate_series(1, \$2) g)));\n\n"
+		for ((i = 1; i <= n / BATCH; i++)); do
+			printf "EXECUTE o('x-%d-', %d);\n\n" "$i" "$BATCH"
+		done ;;
+	*) echo "compare.sh: no single-user form of scenario $1" >&2; exit 2 ;;
+	esac
+}
+
+# Instructions of one single-user run of a scenario on a copy of a side's cluster.
+count_instructions() {	# side scenario factor
+	local data=$WORK/count-data out
+	rm -rf "$data"
+	cp -a "$WORK/data-$1" "$data"
+	single_user_script "$2" "$3" >"$WORK/count.sql"
+	chown -R postgres: "$data" "$WORK/count.sql" 2>/dev/null || true
+	out=$("${AS_PG[@]}" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+		"$WORK/$1$PGLIB/bin/postgres" --single -j -D "$data" bench <"$WORK/count.sql" 2>&1 >/dev/null) ||
+		{ echo "$out" | tail -20 >&2; exit 1; }
+	grep -q 'ERROR' <<<"$out" && { echo "$out" | grep -m5 ERROR >&2; exit 1; }
+	sed -n 's/.*Collected : \([0-9]*\).*/\1/p' <<<"$out"
+}
+
+if [[ $MEASURE == instructions ]]; then
+	for side in before after; do
+		"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/pg_ctl" -D "$WORK/data-$side" -m fast -w stop >/dev/null
+	done
+	STARTED=()
+	log "instructions per call: callgrind, single-user backend, $CALLS and $((2 * CALLS)) calls per scenario (batches of $BATCH ids)"
+	RESULTS=${RESULTS%.csv}-instructions.csv
+	mkdir -p "$RESULTS_DIR"
+	echo "scenario,side,calls,instructions" >"$RESULTS"
+	echo
+	echo "instructions per call, after/before ($REV)"
+	for scen in $SCENARIOS; do
+		declare -A per=()
+		for side in before after; do
+			one=$(count_instructions "$side" "$scen" 1)
+			two=$(count_instructions "$side" "$scen" 2)
+			echo "$scen,$side,$CALLS,$one" >>"$RESULTS"
+			echo "$scen,$side,$((2 * CALLS)),$two" >>"$RESULTS"
+			per[$side]=$(( (two - one) / CALLS ))
+		done
+		awk -v s="$scen" -v b="${per[before]}" -v a="${per[after]}" -v unit="$([[ $scen == batch_ext ]] && echo "per id" || echo "per call")" \
+			'BEGIN { printf "  %-11s before %9d  after %9d  instructions %s  ratio %.4f\n", s, b, a, unit, a / b }'
+	done
+	echo "results: $RESULTS"
+	exit 0
+fi
+
 log "pgbench -M prepared -n -T $DURATION -c $CLIENTS -j $CLIENTS; $ROUNDS rounds x ($SCENARIOS) x before/after; synchronous_commit=off"
 
 mkdir -p "$RESULTS_DIR"
