@@ -150,7 +150,8 @@ if [ -n "$majors" ]; then
         echo "##### the chroots' lane: FAILED (exit $lane_status before its end)"
     fi
 
-    # blue (15, the host) to green (18, the sid chroot) over loopback; then
+    # blue (15, the packaged server here) to green (18, the sid chroot) over
+    # loopback; then
     # the example clients against green
     green_port=54418
     bluegreen() {
