@@ -151,8 +151,7 @@ if [ -n "$majors" ]; then
     fi
 
     # blue (15, the packaged server here) to green (18, the sid chroot) over
-    # loopback; then
-    # the example clients against green
+    # loopback; then the example clients against green
     green_port=54418
     bluegreen() {
         ENVS="IDEM_GREEN_PORT=$green_port" installcheck REGRESS= ISOLATION= PROVE_TESTS=test/t/051_blue_green.pl
