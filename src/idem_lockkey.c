@@ -15,13 +15,18 @@
  *
  * The secret is made once per cluster, from pg_strong_random(), into a file
  * in the data directory that only the server's operating-system user can
- * read, created atomically so that backends racing to make it agree, and
- * read once per backend.  A file rather than shared memory, which is there
- * only when the library is preloaded: every backend finds the same secret
- * either way.  No key lock outlives the server, so none depends on the
- * secret staying the same: a key that is begun refuses PREPARE TRANSACTION
- * (the commit guard), and a finish lets the key's lock go, its record
- * guarding the key from then on.  The file is kept all the same, and
+ * read, created atomically so that processes racing to make it agree.
+ * Every session that may hold a key's lock must use the same secret for as
+ * long as the server runs: between a key's begin and its finish its lock is
+ * all that makes a second begin wait, so two sessions that named it
+ * differently would both start the work.  So the postmaster reads it when
+ * it preloads the library, and every backend inherits it; a file replaced
+ * or removed while the server runs changes nothing until a restart.  A
+ * backend of a server that does not preload the library reads the file at
+ * its first call instead, and relies on the file staying as it is.  No key
+ * lock outlives the server (a begun key refuses PREPARE TRANSACTION, and a
+ * finish lets its lock go, the record guarding the key from then on), so a
+ * restart may change the secret; the file keeps it anyway, and
  * pg_basebackup copies it.  No SQL reads it but a superuser's (or
  * pg_read_server_files') pg_read_binary_file.
  */
@@ -237,9 +242,20 @@ LoadLockKey(void)
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("file \"%s\" does not hold the idempotency key locks' secret", path),
 				 errdetail("It has %d bytes, not %d.", n < 0 ? 0 : n, LOCK_KEY_LEN),
-				 errhint("Remove it; the next call makes another.")));
+				 errhint("Stop the server, then remove it; the server makes another at its start.")));
 	Assert(SipHashSelfTest());
 	lock_key_loaded = true;
+}
+
+/*
+ * Read (or make) the secret in the postmaster, when it preloads the
+ * library: every backend it starts inherits it.
+ */
+void
+IdemLockKeyInit(void)
+{
+	if (!lock_key_loaded)
+		LoadLockKey();
 }
 
 /*

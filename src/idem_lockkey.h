@@ -5,6 +5,7 @@
 #ifndef IDEM_LOCKKEY_H
 #define IDEM_LOCKKEY_H
 
+extern void IdemLockKeyInit(void);
 extern uint64 IdemLockKeyHash(const char *scope, int scope_len,
 							  const char *key, int key_len);
 

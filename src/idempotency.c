@@ -10,6 +10,7 @@
 #include "idem_citus.h"
 #include "idem_compat.h"
 #include "idem_guc.h"
+#include "idem_lockkey.h"
 #include "idem_stats.h"
 #include "idem_sweeper.h"
 #include "idem_xact.h"
@@ -19,7 +20,8 @@ IDEM_MODULE_MAGIC;
 void		_PG_init(void);
 
 /* Set up settings and transaction callbacks in every backend that loads us,
- * and the counters and the sweeper when we are preloaded. */
+ * and the counters, the sweeper and the key locks' secret when we are
+ * preloaded. */
 void
 _PG_init(void)
 {
@@ -32,5 +34,6 @@ _PG_init(void)
 	{
 		IdemStatsInit();
 		IdemSweeperInit();
+		IdemLockKeyInit();
 	}
 }

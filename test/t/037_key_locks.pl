@@ -1,8 +1,10 @@
 # A key's lock is named by a keyed hash under a secret of the cluster's,
 # which no role can read: pg_locks shows tags that no one can compute from a
 # key, nor invert to one, nor aim a key of their own at.  The secret is a
-# file in the data directory, made once by whichever backend needs it first,
-# and the same for every backend and after a restart.
+# file in the data directory, read (or made) by the postmaster when it
+# preloads the library, so that every backend has the same one for as long
+# as the server runs, whatever happens to the file, and kept after a
+# restart.
 #
 # No key lock outlives its transaction into a restart: PREPARE TRANSACTION
 # refuses a key that is begun and not finished, and a finish lets the key's
@@ -71,6 +73,21 @@ my $secret = slurp_file($file);
 $node->restart;
 is(tag('tenant-a', 'pay-1'), $tag, 'a key names the same lock after a restart');
 is(slurp_file($file), $secret, 'the secret is kept');
+
+# the postmaster read the secret at its start: a file removed while the
+# server runs changes no session's, so a session started after the removal
+# still waits for one that began the key before it
+my $holder = $node->background_psql('postgres', on_error_stop => 1);
+$holder->query_safe(q{BEGIN});
+like($holder->query_safe(q{SELECT status FROM idem_begin('split', '{}'::jsonb, 'tenant-a')}),
+	qr/started/, 'a session begins a key');
+unlink $file or die "unlink $file: $!";
+is($node->safe_psql('postgres', q{SELECT status FROM idem_begin('split', '{}'::jsonb, 'tenant-a', wait => false)}),
+	'in_progress', 'a session started after the secret file was removed finds the key held');
+$holder->query_safe(q{ROLLBACK});
+$holder->quit;
+$node->restart;
+ok(-f $file, 'the next start makes another');
 
 # what could outlive a restart holds no key lock
 $node->safe_psql('postgres', q{
