@@ -1051,15 +1051,22 @@ ConstraintsCanFail(Relation heap)
  * index AM cache is its own.
  *
  * An entry is dropped when its index's relcache entry is invalidated (a
- * REINDEX, CREATE INDEX CONCURRENTLY marking it ready, a DROP, ...).  Its
- * memory may still be in use by the call that was writing when the
- * invalidation arrived (one arrives whenever a lock is taken), so it is
- * kept until the transaction ends.
+ * REINDEX, CREATE INDEX CONCURRENTLY marking it ready, a DROP, ...), and
+ * every entry when any function changes (a compiled expression holds the
+ * function as it was, which PostgreSQL would look up again for the next
+ * statement).  An entry is built for one role: compiling an expression
+ * checks the caller's EXECUTE on its functions, as each statement would.
+ * An invalidation that arrives while an entry is being built (a catalog
+ * lookup can take it in) makes the build start again.  Dropped memory may
+ * still be in use by the call that was writing when the invalidation
+ * arrived (one arrives whenever a lock is taken), so it is kept until the
+ * transaction ends; so is that of a build that failed.
  */
 typedef struct CachedIndexInfo
 {
 	Oid			indexid;		/* hash key */
 	bool		valid;
+	Oid			userid;			/* the role it was built for */
 	MemoryContext cxt;			/* the IndexInfo, its trees and ExprStates */
 	IndexInfo  *ii;
 } CachedIndexInfo;
@@ -1067,6 +1074,7 @@ typedef struct CachedIndexInfo
 static HTAB *index_infos = NULL;
 static MemoryContext index_info_cxt = NULL;
 static MemoryContext retired_index_info_cxt = NULL;
+static uint64 index_info_invalidations = 0;
 
 static void
 RetireIndexInfo(CachedIndexInfo *entry)
@@ -1084,6 +1092,7 @@ ForgetIndexInfos(Datum arg, Oid relid)
 	HASH_SEQ_STATUS seq;
 	CachedIndexInfo *entry;
 
+	index_info_invalidations++;
 	if (OidIsValid(relid))
 	{
 		entry = hash_search(index_infos, &relid, HASH_FIND, NULL);
@@ -1094,6 +1103,13 @@ ForgetIndexInfos(Datum arg, Oid relid)
 	hash_seq_init(&seq, index_infos);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 		RetireIndexInfo(entry);
+}
+
+/* A function changed: every compiled expression may hold its old form. */
+static void
+ForgetIndexInfosOfFunctions(Datum arg, int cacheid, uint32 hashvalue)
+{
+	ForgetIndexInfos(arg, InvalidOid);
 }
 
 static void
@@ -1130,6 +1146,7 @@ StoreIndexInfo(Relation index)
 		index_infos = hash_create("idempotency index infos", 16, &ctl,
 								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		CacheRegisterRelcacheCallback(ForgetIndexInfos, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, ForgetIndexInfosOfFunctions, (Datum) 0);
 		RegisterXactCallback(FreeRetiredIndexInfos, NULL);
 	}
 	entry = hash_search(index_infos, &indexid, HASH_ENTER, &found);
@@ -1139,9 +1156,12 @@ StoreIndexInfo(Relation index)
 		entry->cxt = NULL;
 		entry->ii = NULL;
 	}
-	if (!entry->valid)
+	if (entry->valid && entry->userid != GetUserId())
+		RetireIndexInfo(entry);
+	while (!entry->valid)
 	{
-		MemoryContext cxt = AllocSetContextCreate(index_info_cxt,
+		uint64		before = index_info_invalidations;
+		MemoryContext cxt = AllocSetContextCreate(retired_index_info_cxt,
 												  "idempotency index info",
 												  ALLOCSET_SMALL_SIZES);
 		MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1160,10 +1180,14 @@ StoreIndexInfo(Relation index)
 							ExecInitExpr(expression_planner((Expr *) lfirst(lc)), NULL));
 		}
 		MemoryContextSwitchTo(old);
-		if (entry->cxt != NULL)
-			MemoryContextSetParent(entry->cxt, retired_index_info_cxt);
+		if (index_info_invalidations != before)
+			continue;			/* built from what may be stale: again */
+		entry = hash_search(index_infos, &indexid, HASH_FIND, NULL);
+		Assert(entry != NULL);
+		MemoryContextSetParent(cxt, index_info_cxt);
 		entry->cxt = cxt;
 		entry->ii = ii;
+		entry->userid = GetUserId();
 		entry->valid = true;
 	}
 	copy = palloc(sizeof(IndexInfo));

@@ -155,6 +155,35 @@ UPDATE pg_index SET indisvalid = true WHERE indexrelid = 'idem_keys_expires_at':
 SELECT keys_state() = :'before_invalid' AS unchanged;
 SELECT idem_once('valid-2');
 
+------------------------------------------------------------------------
+-- an index expression's functions are checked and looked up as for each
+-- statement: the calling role's EXECUTE, the function's current definition
+------------------------------------------------------------------------
+CREATE FUNCTION dba_mark(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RAISE NOTICE 'v1 %', k;
+  RETURN k;
+END $$;
+REVOKE EXECUTE ON FUNCTION dba_mark(text) FROM PUBLIC;
+SET client_min_messages = warning;
+CREATE INDEX dba_marked ON idem_keys (dba_mark(key));
+RESET client_min_messages;
+SELECT idem_once('mark-1');
+CREATE ROLE regress_idem_dml;
+SET ROLE regress_idem_dml;
+SELECT try($$SELECT idem_once('mark-2')::text$$);
+RESET ROLE;
+SELECT idem_once('mark-3');
+CREATE OR REPLACE FUNCTION dba_mark(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RAISE NOTICE 'v2 %', k;
+  RETURN k;
+END $$;
+SELECT idem_once('mark-4');
+DROP INDEX dba_marked;
+DROP FUNCTION dba_mark(text);
+DROP ROLE regress_idem_dml;
+
 DROP TRIGGER audit_row ON idem_keys;
 DROP INDEX dba_created, dba_partial, dba_expr;
 DROP TABLE audit;
