@@ -16,15 +16,19 @@
  *   of the fields that frame the message or belong to one connection
  *   (Content-Length, Transfer-Encoding, Connection, Keep-Alive,
  *   Proxy-Connection, TE, Trailer, Upgrade; RFC 9112 6 and RFC 9110
- *   7.6.1): replayed beside another body or over another connection, they
- *   would let the requester's bytes be read as the next message;
+ *   7.6.1), nor one with an underscore for a hyphen, which a CGI-style
+ *   stack reads as the same: replayed beside another body or over another
+ *   connection, they would let the requester's bytes be read as the next
+ *   message;
  * - a value holds no control character but a tab (RFC 9110 5.5): no CR or
  *   LF, which would start a header or the body, no other C0 control or
  *   DEL, and, where the server encoding can say so, no C1 control (U+0085
  *   NEL is a line break to some decoders), no line or paragraph separator
- *   (U+2028, U+2029) and no bidirectional embedding, override or isolate
- *   (U+202A..U+202E, U+2066..U+2069), which make a logged or displayed
- *   value read otherwise than it is.
+ *   (U+2028, U+2029) and no bidirectional control (Unicode's Bidi_Control:
+ *   U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069), which make a
+ *   logged or displayed value read otherwise than it is.  In a SQL_ASCII
+ *   database the bytes beyond ASCII have no encoding to read them by, and
+ *   pass as the opaque obs-text of RFC 9110.
  *
  * The byte body is kept and returned exactly.
  */
@@ -68,6 +72,8 @@ IsRefusedCodePoint(pg_wchar cp)
 {
 	return (cp >= 0x80 && cp <= 0x9f) ||
 		cp == 0x2028 || cp == 0x2029 ||
+		/* Unicode's Bidi_Control: marks, embeddings, overrides, isolates */
+		cp == 0x061c || cp == 0x200e || cp == 0x200f ||
 		(cp >= 0x202a && cp <= 0x202e) ||
 		(cp >= 0x2066 && cp <= 0x2069);
 }
@@ -116,7 +122,7 @@ CheckHeaderCodePoints(const char *name, int namelen, const char *val, int len)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("response header \"%.*s\" contains the character U+%04X",
 							namelen, name, (unsigned int) cp),
-					 errdetail("A field value may hold no C1 control, line or paragraph separator, or bidirectional embedding, override or isolate.")));
+					 errdetail("A field value may hold no C1 control, line or paragraph separator, or bidirectional control.")));
 		p += n;
 	}
 	if (utf8 != NULL && utf8 != val)
@@ -133,13 +139,34 @@ static const char *const framing_fields[] = {
 	"Proxy-Connection", "TE", "Trailer", "Upgrade"
 };
 
+/*
+ * Does a field name match one of those, ignoring case and taking an
+ * underscore for a hyphen, as a CGI-style stack that folds one into the
+ * other would?
+ */
+static bool
+IsFramingField(const char *name, int namelen, const char *field)
+{
+	if ((int) strlen(field) != namelen)
+		return false;
+	for (int i = 0; i < namelen; i++)
+	{
+		char		c = pg_tolower((unsigned char) name[i]);
+
+		if (c == '_')
+			c = '-';
+		if (c != pg_tolower((unsigned char) field[i]))
+			return false;
+	}
+	return true;
+}
+
 /* Raise 22023 for a field a replay may not carry. */
 static void
 CheckHeaderName(const char *name, int namelen)
 {
 	for (int i = 0; i < lengthof(framing_fields); i++)
-		if (strlen(framing_fields[i]) == namelen &&
-			pg_strncasecmp(framing_fields[i], name, namelen) == 0)
+		if (IsFramingField(name, namelen, framing_fields[i]))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("response header \"%.*s\" cannot be stored", namelen, name),

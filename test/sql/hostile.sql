@@ -680,9 +680,9 @@ DELETE FROM idem_keys WHERE key LIKE 'fp-dom%';
 
 ------------------------------------------------------------------------
 -- header values: no C1 control, line or paragraph separator, or
--- bidirectional embedding, override or isolate; other characters beyond
--- ASCII are fine, whatever bytes encode them (U+00C5 is C3 85 in UTF-8,
--- U+2026 is E2 80 A6)
+-- bidirectional control (marks, embeddings, overrides, isolates); other
+-- characters beyond ASCII are fine, whatever bytes encode them (U+00C5 is
+-- C3 85 in UTF-8, U+2026 is E2 80 A6), a zero-width space too
 ------------------------------------------------------------------------
 BEGIN;
 SELECT status FROM idem_begin_full('hdr-cp');
@@ -691,20 +691,20 @@ SELECT n, esc(v) AS value, try(format('SELECT idem_finish(%L, 200, response_head
                                       'hdr-cp', 'X-V', v)) AS result
 FROM (VALUES (1, 'a' || chr(133) || 'b'), (2, chr(128)), (3, chr(159)), (4, 'a' || chr(8232)),
              (5, chr(8233)), (6, 'x' || chr(8234)), (7, chr(8238) || 'txt.exe'), (8, chr(8294)),
-             (9, chr(8297))) t(n, v)
+             (9, chr(8297)), (10, 'a' || chr(8206)), (11, chr(8207)), (12, chr(1564))) t(n, v)
 ORDER BY n;
 SELECT n, try(stmt) FROM (VALUES
-  (11, $$SELECT idem_finish('hdr-cp', 200, response_headers => jsonb_build_object('X-V', jsonb_build_array('ok', chr(133))))$$),
-  (12, $$SELECT idem_finish('hdr-cp', 200, response_headers => '{"X-V": "\u2028"}')$$)
+  (13, $$SELECT idem_finish('hdr-cp', 200, response_headers => jsonb_build_object('X-V', jsonb_build_array('ok', chr(133))))$$),
+  (14, $$SELECT idem_finish('hdr-cp', 200, response_headers => '{"X-V": "\u2028"}')$$)
 ) v(n, stmt)
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
 SELECT idem_finish('hdr-cp', 200, response_headers => jsonb_build_object(
-  'X-Latin', chr(197) || chr(160) || 'é', 'X-Dots', chr(8230), 'X-Marks', chr(8206) || chr(8207),
+  'X-Latin', chr(197) || chr(160) || 'é', 'X-Dots', chr(8230), 'X-Zwsp', chr(8203),
   'X-Emoji', chr(128512)));
 COMMIT;
 SELECT esc(response_headers ->> 'X-Latin') AS latin, esc(response_headers ->> 'X-Dots') AS dots,
-       esc(response_headers ->> 'X-Marks') AS marks, esc(response_headers ->> 'X-Emoji') AS emoji
+       esc(response_headers ->> 'X-Zwsp') AS zwsp, esc(response_headers ->> 'X-Emoji') AS emoji
 FROM idem_begin_full('hdr-cp');
 DELETE FROM idem_keys WHERE key = 'hdr-cp';
 

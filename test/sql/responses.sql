@@ -131,7 +131,9 @@ SELECT n, try(stmt) FROM (VALUES
   (26, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Proxy-Connection": "keep-alive"}')$$),
   (27, $$SELECT idem_finish('bad-1', 200, response_headers => '{"TE": "trailers"}')$$),
   (28, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Trailer": "Expires"}')$$),
-  (29, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Upgrade": ["h2c"]}')$$)
+  (29, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Upgrade": ["h2c"]}')$$),
+  (30, $$SELECT idem_finish('bad-1', 200, response_headers => '{"Content_Length": "12"}')$$),
+  (31, $$SELECT idem_finish('bad-1', 200, response_headers => '{"transfer_encoding": "chunked"}')$$)
 ) v(n, stmt)
 ORDER BY n;
 SELECT keys_state() = :'s0' AS unchanged;
