@@ -68,7 +68,30 @@ echo "wait: serialization retries ${retries[wait.serialization]}, deadlock retri
 check "wait: 40001 happened and was retried" test "${retries[wait.serialization]}" -gt 0
 
 # 2. wait => false over TCP: the copies get in_progress, back off and retry.
+#    That they meet each other depends on how the machine schedules them, so
+#    another session holds n1 begun until idem_stats has counted a copy's
+#    in_progress, then lets it go (no wait here depends on the machine's speed).
+in_progress() {
+    sql "SELECT in_progress FROM idem_stats WHERE datname = current_database()"
+}
+before=$(in_progress)
+mkfifo "$tmp/holder.in"
+psql -X -q -At -v ON_ERROR_STOP=1 <"$tmp/holder.in" >"$tmp/holder.out" 2>&1 &
+holder=$!
+exec 7>"$tmp/holder.in"
+echo "BEGIN; SELECT status FROM idem_begin('n1', '{}'::jsonb, 'orders-api');" >&7
+for _ in $(seq 600); do [ -s "$tmp/holder.out" ] && break; sleep 0.05; done
+check "nowait: another session holds n1 begun" test "$(cat "$tmp/holder.out")" = started
+( for _ in $(seq 600); do
+      [ "$(in_progress)" -gt "$before" ] && break
+      sleep 0.05
+  done
+  echo "ROLLBACK;" >&7 ) &
+releaser=$!
 PGHOST=127.0.0.1 round nowait "-n -d 30" "n1 n2 n3"
+wait "$releaser"
+exec 7>&-
+wait "$holder" || true
 echo "nowait: in_progress retries ${retries[nowait.in_progress]}, serialization retries ${retries[nowait.serialization]}"
 check "nowait: in_progress happened and was retried" test "${retries[nowait.in_progress]}" -gt 0
 
