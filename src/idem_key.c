@@ -27,12 +27,8 @@
 char *
 IdemKeyName(const IdemKey *key)
 {
-	char	   *k = IdemQuoteName(VARDATA_ANY(key->key), VARSIZE_ANY_EXHDR(key->key));
-
-	if (VARSIZE_ANY_EXHDR(key->scope) == 0)
-		return k;
-	return psprintf("%s in scope %s", k,
-					IdemQuoteName(VARDATA_ANY(key->scope), VARSIZE_ANY_EXHDR(key->scope)));
+	return IdemQuoteKey(VARDATA_ANY(key->scope), VARSIZE_ANY_EXHDR(key->scope),
+						VARDATA_ANY(key->key), VARSIZE_ANY_EXHDR(key->key));
 }
 
 /*

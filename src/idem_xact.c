@@ -296,16 +296,25 @@ IdemQuoteName(const char *s, int len)
 	return buf.data;
 }
 
-/* Name a key for a message: "key", or "key" in scope "scope". */
+/*
+ * Name a key for a message: "key", or "key" in scope "scope", each quoted
+ * by IdemQuoteName.  IdemKeyName and the commit guard both name keys so.
+ */
+char *
+IdemQuoteKey(const char *scope, int scope_len, const char *key, int key_len)
+{
+	char	   *quoted = IdemQuoteName(key, key_len);
+
+	if (scope_len == 0)
+		return quoted;
+	return psprintf("%s in scope %s", quoted, IdemQuoteName(scope, scope_len));
+}
+
 static char *
 KeyTagName(const IdemKeyTag *tag)
 {
-	char	   *key = IdemQuoteName(tag->data + tag->scope_len, tag->key_len);
-
-	if (tag->scope_len == 0)
-		return key;
-	return psprintf("%s in scope %s", key,
-					IdemQuoteName(tag->data, tag->scope_len));
+	return IdemQuoteKey(tag->data, tag->scope_len,
+						tag->data + tag->scope_len, tag->key_len);
 }
 
 /*

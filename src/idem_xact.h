@@ -24,6 +24,8 @@ typedef enum IdemOpenState
 typedef struct IdemOpenKey IdemOpenKey;
 
 extern char *IdemQuoteName(const char *s, int len);
+extern char *IdemQuoteKey(const char *scope, int scope_len,
+						  const char *key, int key_len);
 extern void IdemXactInit(void);
 extern bool IdemKeyLock(const IdemKey *key, bool wait);
 extern void IdemKeyUnlock(const IdemKey *key);
