@@ -447,6 +447,12 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	return true;
 }
 
+/*
+ * How long a worker waits for any lock, its connection's included, before
+ * it gives up the visit (pinned_settings, idem_sweeper_worker_main).
+ */
+#define WORKER_LOCK_TIMEOUT "1s"
+
 /* What a visit records when its database's lock was taken. */
 #define SKIPPED_LOCKED_MSG \
 	"skipped: another transaction holds a lock on the database (ALTER DATABASE or DROP DATABASE)"
@@ -861,7 +867,7 @@ static const struct
 	{"default_transaction_read_only", "off"},
 	{"default_transaction_deferrable", "off"},
 	{"statement_timeout", "0"},
-	{"lock_timeout", "1s"},
+	{"lock_timeout", WORKER_LOCK_TIMEOUT},
 	{"idle_in_transaction_session_timeout", "0"},
 	{"idle_session_timeout", "0"},
 	{"transaction_timeout", "0"},
@@ -1019,7 +1025,7 @@ idem_sweeper_worker_main(Datum main_arg)
 	 * Give up after the same lock_timeout the visit runs with; the launcher
 	 * records the visit as skipped.
 	 */
-	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	PinWorkerSettings();
 
