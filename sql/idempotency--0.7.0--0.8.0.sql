@@ -1,4 +1,4 @@
-/* idempotency--0.7.0--0.8.0.sql: every view over the key table a security barrier */
+/* idempotency--0.7.0--0.8.0.sql: every view over the key table a security barrier; scopes that belong to roles; an operator's bounds */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "ALTER EXTENSION idempotency UPDATE TO '0.8.0'" to load this file. \quit
@@ -12,7 +12,6 @@
 -- no condition of a caller's can reach below; it is a barrier as well, so
 -- that every view over the key table is one.  Setting the option takes a
 -- lock on the view only, not on idem_keys.
-ALTER VIEW @extschema@.idem_failed_keys SET (security_barrier = true);
 ALTER VIEW @extschema@.idem_storage SET (security_barrier = true);
 
 -- On Citus, idem_citus_setup() makes the same kind of view over every
@@ -33,7 +32,8 @@ END
 $barrier$;
 
 -- idem_citus_setup() as 0.7.0 made it, but for the barrier on
--- idem_citus_failed_keys.
+-- idem_citus_failed_keys and its reader's scopes only (idem_scope_permitted,
+-- evaluated on each node with that node's idem_scope_owners).
 DROP FUNCTION @extschema@.idem_citus_setup(pg_catalog.regclass);
 
 CREATE FUNCTION @extschema@.idem_citus_setup(tenant_table pg_catalog.regclass)
@@ -227,7 +227,8 @@ BEGIN
                k.lease_duration IS NOT NULL AS lease, k.created_at, k.expires_at
           FROM %1$s.idem_tenant_keys k
          WHERE k.state OPERATOR(pg_catalog.=) ANY ('{f,d}'::pg_catalog."char"[])
-           AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()$v$, nsp);
+           AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
+           AND %1$s.idem_scope_permitted(k.scope)$v$, nsp);
     PERFORM @extschema@.idem_citus_check_owner(
         pg_catalog.to_regclass(nsp || '.idem_citus_failed_keys'));
     EXECUTE pg_catalog.format('REVOKE ALL ON %s.idem_citus_failed_keys FROM PUBLIC', nsp);
@@ -283,3 +284,59 @@ REVOKE ALL ON FUNCTION @extschema@.idem_citus_setup(pg_catalog.regclass) FROM PU
 
 COMMENT ON FUNCTION @extschema@.idem_citus_setup(pg_catalog.regclass) IS
 'On Citus: keep the keys with the tenants of the given distributed table, carry there the keys the database had, and delegate every call to its tenant''s node';
+
+
+-- Scope boundaries (src/idem_scope.c): an operator ties scope prefixes to
+-- roles; a scope belongs to the role of its longest matching prefix, and
+-- only roles with that role's privileges may use its keys.  Empty: every
+-- role may use every scope, as before.  Its rows are the installation's
+-- own, so pg_dump dumps them; nobody but its owner may read or change it
+-- until granted.
+CREATE TABLE @extschema@.idem_scope_owners (
+    scope_prefix pg_catalog.text PRIMARY KEY
+        CONSTRAINT idem_scope_owners_prefix_length
+        CHECK (pg_catalog.octet_length(scope_prefix) OPERATOR(pg_catalog.<=) 255),
+    role pg_catalog.regrole NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_scope_owners', '');
+
+COMMENT ON TABLE @extschema@.idem_scope_owners IS
+'Scope prefixes and the roles whose privileges a caller needs to use the keys of scopes that begin with them (the longest matching prefix decides)';
+
+-- Every backend keeps the rules until the table changes: the trigger tells
+-- them all, at commit, with an invalidation of the table.  ALWAYS, so that
+-- session_replication_role = replica (a restore, a replication tool) does
+-- not skip it.
+CREATE FUNCTION @extschema@.idem_scope_owners_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'idem_scope_owners_changed'
+LANGUAGE C;
+
+REVOKE ALL ON FUNCTION @extschema@.idem_scope_owners_changed() FROM PUBLIC;
+
+CREATE TRIGGER idem_scope_owners_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.idem_scope_owners
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.idem_scope_owners_changed();
+
+ALTER TABLE @extschema@.idem_scope_owners ENABLE ALWAYS TRIGGER idem_scope_owners_changed;
+
+-- May the current role use the keys of a scope?  PUBLIC's: it tells a
+-- caller only about itself.
+CREATE FUNCTION @extschema@.idem_scope_permitted(scope pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'idem_scope_permitted'
+LANGUAGE C STRICT STABLE PARALLEL UNSAFE;
+
+-- The operator's view lists only the keys of scopes its reader may use;
+-- a security barrier, so that no function of the reader's runs first.
+CREATE OR REPLACE VIEW @extschema@.idem_failed_keys WITH (security_barrier) AS
+    SELECT k.scope, k.key,
+           CASE WHEN k.state OPERATOR(pg_catalog.=) 'd' THEN 'dead' ELSE 'failed' END AS status,
+           k.attempts, k.max_attempts, k.last_error, k.phase, k.phase_state,
+           k.lease_duration IS NOT NULL AS lease,
+           k.created_at, k.expires_at
+      FROM @extschema@.idem_keys k
+     WHERE k.state OPERATOR(pg_catalog.=) ANY ('{f,d}'::pg_catalog."char"[])
+       AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
+       AND @extschema@.idem_scope_permitted(k.scope);

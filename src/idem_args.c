@@ -21,6 +21,8 @@
 #include "idem_args.h"
 #include "idem_citus.h"
 #include "idem_compat.h"
+#include "idem_guc.h"
+#include "idem_scope.h"
 
 /*
  * The row type of each function returning a row, built once per backend:
@@ -177,13 +179,17 @@ IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
  * Where a call's keys live: the extension's own table, or on Citus the
  * shard of the scope's tenant on this node (idem_citus.c), described in
  * *shard.  Call it before the key is used: on Citus the scope is rewritten
- * to the tenant's own spelling, and the key's hash with it.
+ * to the tenant's own spelling, and the key's hash with it.  A scope that
+ * belongs to a role the caller does not have the privileges of is refused
+ * here first (idem_scope.c), before anything of it is read.
  */
 const IdemStoreOids *
 IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 {
-	const IdemStoreOids *oids = IdemCitusStoreFor(&cache->oids, &key->scope, shard);
+	const IdemStoreOids *oids;
 
+	IdemScopeCheck(&cache->oids, key->scope);
+	oids = IdemCitusStoreFor(&cache->oids, &key->scope, shard);
 	if (oids != &cache->oids)
 		key->hash = IdemKeyHash(key->scope, key->key);
 	return oids;
@@ -193,6 +199,7 @@ IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 const IdemStoreOids *
 IdemCallStoreForScope(IdemCallCache *cache, text **scope, IdemStoreOids *shard)
 {
+	IdemScopeCheck(&cache->oids, *scope);
 	return IdemCitusStoreFor(&cache->oids, scope, shard);
 }
 
