@@ -340,3 +340,47 @@ CREATE OR REPLACE VIEW @extschema@.idem_failed_keys WITH (security_barrier) AS
      WHERE k.state OPERATOR(pg_catalog.=) ANY ('{f,d}'::pg_catalog."char"[])
        AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
        AND @extschema@.idem_scope_permitted(k.scope);
+
+-- The operator's tool for a key a hostile or broken client took: forget it
+-- whatever its state.  idem_discard(key, scope) keeps forgetting only a
+-- failed or dead key.  The new form gets the two-argument form's grants;
+-- its initial privileges stay a fresh install's (none recorded), so that
+-- pg_dump dumps the copied grants as the installation's own.
+CREATE FUNCTION @extschema@.idem_discard(
+    key pg_catalog.text,
+    scope pg_catalog.text,
+    any_state pg_catalog.bool)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'idem_discard'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION @extschema@.idem_discard(pg_catalog.text, pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+
+DO LANGUAGE plpgsql $copy_acl$
+DECLARE
+    new_fn pg_catalog.regprocedure := '@extschema@.idem_discard(pg_catalog.text, pg_catalog.text, pg_catalog.bool)';
+    old_fn pg_catalog.regprocedure := '@extschema@.idem_discard(pg_catalog.text, pg_catalog.text)';
+    old_acl pg_catalog.aclitem[];
+    owner_oid pg_catalog.oid;
+    copied pg_catalog.bool := false;
+    g record;
+BEGIN
+    SELECT p.proacl, p.proowner INTO old_acl, owner_oid FROM pg_catalog.pg_proc p
+     WHERE p.oid OPERATOR(pg_catalog.=) old_fn;
+    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_catalog.aclexplode(old_acl) a
+              WHERE a.grantee OPERATOR(pg_catalog.<>) owner_oid
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON FUNCTION %s TO %s%s', g.privilege_type, new_fn,
+            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        copied := true;
+    END LOOP;
+    IF copied THEN
+        DELETE FROM pg_catalog.pg_init_privs i
+         WHERE i.objoid OPERATOR(pg_catalog.=) new_fn
+           AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND i.objsubid OPERATOR(pg_catalog.=) 0;
+    END IF;
+END
+$copy_acl$;

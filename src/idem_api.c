@@ -449,6 +449,8 @@ idem_finish(PG_FUNCTION_ARGS)
 					 errhint("Pass a JSON body as response_body, any other as response_bytes with its Content-Type in response_headers.")));
 	}
 
+	IdemCheckResponseSize(body, headers, bytes);
+
 	IdemStoreOpen(&store, oids, true);
 	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
 		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body,

@@ -12,6 +12,7 @@
 
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -238,10 +239,47 @@ IdemGetExpiry(FunctionCallInfo fcinfo, int argno, const char *what,
 TimestampTz
 IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 {
+	TimestampTz expires_at;
+
 	IdemRequireArg(fcinfo, argno, "ttl");
 	if (INTERVAL_IS_NOEND(PG_GETARG_INTERVAL_P(argno)))
+		expires_at = DT_NOEND;
+	else
+		expires_at = IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), "ttl");
+	IdemCheckOperatorBound(now, expires_at, "ttl", "idempotency.max_ttl",
+						   idem_max_ttl_s);
+	return expires_at;
+}
+
+/*
+ * The latest time an operator's bound (idempotency.max_ttl or max_lease, in
+ * seconds, 0 for none) lets a call reach from now.
+ */
+TimestampTz
+IdemOperatorBound(TimestampTz now, int bound_s)
+{
+	if (bound_s <= 0)
 		return DT_NOEND;
-	return IdemAddInterval(now, PG_GETARG_INTERVAL_P(argno), "ttl");
+	return now + (int64) bound_s * USECS_PER_SEC;
+}
+
+/*
+ * Raise 22023 for a ttl or lease (what) that ends later than the operator's
+ * bound (the setting's name and value) lets it: a role that can call the
+ * functions cannot hold a key, or keep others from taking over its lease,
+ * for longer than the operator decided.
+ */
+void
+IdemCheckOperatorBound(TimestampTz now, TimestampTz until, const char *what,
+					   const char *setting, int bound_s)
+{
+	if (until <= IdemOperatorBound(now, bound_s))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s is longer than %s allows", what, setting),
+			 errdetail("%s is %s.", setting, GetConfigOptionByName(setting, NULL, false)),
+			 errhint("A superuser sets %s; 0 lifts the bound.", setting)));
 }
 
 /*

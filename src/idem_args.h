@@ -34,6 +34,10 @@ extern const IdemStoreOids *IdemCallStoreForScope(IdemCallCache *cache,
 												  IdemStoreOids *shard);
 extern TimestampTz IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno,
 									 TimestampTz now);
+extern TimestampTz IdemOperatorBound(TimestampTz now, int bound_s);
+extern void IdemCheckOperatorBound(TimestampTz now, TimestampTz until,
+								   const char *what, const char *setting,
+								   int bound_s);
 extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
 								 const char *what, TimestampTz now);
 /* The largest max_attempts. */

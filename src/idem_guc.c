@@ -10,8 +10,15 @@
  * also times every call (off by default and superuser only, as
  * track_io_timing is: reading the clock twice a call is the one cost
  * bench/overhead.sh measures).
+ *
+ * idempotency.max_ttl, idempotency.max_lease and
+ * idempotency.max_response_size are an operator's bounds on what any call
+ * may ask for: superuser only (a database owner cannot lift them for its
+ * database, nor a role for its sessions), 0 for none.
  */
 #include "postgres.h"
+
+#include <limits.h>
 
 #include "utils/guc.h"
 
@@ -26,6 +33,9 @@ bool		idem_track_timing = false;
 int			idem_sweep_workers = 2;
 int			idem_sweep_worker_timeout_ms = 60 * 1000;
 int			idem_max_databases = 1024;
+int			idem_max_ttl_s = 0;
+int			idem_max_lease_s = 0;
+int			idem_max_response_size = 0;
 
 static const struct config_enum_entry unfinished_options[] = {
 	{"error", IDEM_UNFINISHED_ERROR, false},
@@ -132,6 +142,39 @@ IdemGucInit(void)
 							1000000,
 							PGC_POSTMASTER,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.max_ttl",
+							"Longest ttl a call may give a key; 0 for no bound but 1000 years.",
+							"A longer ttl, or a key kept for good (idem_keep, a ttl of infinity), is refused.",
+							&idem_max_ttl_s,
+							0,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.max_lease",
+							"Longest lease or extension a call may ask for; 0 for no bound but 1000 years.",
+							"A longer one is refused; a renewal by a lease's own length is cut to it.",
+							&idem_max_lease_s,
+							0,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.max_response_size",
+							"Largest response a finish may store: body and headers; 0 for no bound.",
+							"A replay holds a few times the stored size in memory.",
+							&idem_max_response_size,
+							0,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("idempotency");

@@ -20,6 +20,9 @@ extern bool idem_track_timing;
 extern int	idem_sweep_workers;
 extern int	idem_sweep_worker_timeout_ms;
 extern int	idem_max_databases;
+extern int	idem_max_ttl_s;
+extern int	idem_max_lease_s;
+extern int	idem_max_response_size;
 
 /* The most workers idempotency.sweep_workers allows. */
 #define IDEM_MAX_SWEEP_WORKERS 64

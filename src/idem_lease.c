@@ -37,6 +37,7 @@
 
 #include "idem_args.h"
 #include "idem_fingerprint.h"
+#include "idem_guc.h"
 #include "idem_key.h"
 #include "idem_lease.h"
 #include "idem_stats.h"
@@ -230,6 +231,8 @@ idem_lease(PG_FUNCTION_ARGS)
 	oids = IdemCallStore(cache, &key, &shard);
 	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
 	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
+	IdemCheckOperatorBound(now, lease_until, "lease", "idempotency.max_lease",
+						   idem_max_lease_s);
 	lease = PG_GETARG_INTERVAL_P(4);
 	RequireNoNegativePart(lease);
 	/* from 0.4.0: a bound on the attempts (leases taken) */
@@ -452,7 +455,9 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3))
 		state = PointerGetDatum(PG_GETARG_JSONB_P(3));
 	if (!PG_ARGISNULL(5))
-		(void) IdemGetExpiry(fcinfo, 5, "extend", now);
+		IdemCheckOperatorBound(now, IdemGetExpiry(fcinfo, 5, "extend", now),
+							   "extend", "idempotency.max_lease",
+							   idem_max_lease_s);
 
 	IdemStoreOpen(&store, oids, true);
 	IdemStoreRequireLeases(&store);
@@ -473,6 +478,8 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 			renewed_until = rec.expires_at;
 		else
 			renewed_until = IdemAddInterval(now, &rec.lease_duration, "lease");
+		/* a lease taken before the operator's bound was set renews within it */
+		renewed_until = Min(renewed_until, IdemOperatorBound(now, idem_max_lease_s));
 		rec.lease_expires_at = Min(renewed_until, rec.expires_at);
 	} while (!IdemStoreUpdate(&store, &key, &rec));
 	CommandCounterIncrement();

@@ -38,8 +38,10 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 
+#include "idem_guc.h"
 #include "idem_response.h"
 
 /* Raise 22023 for a code that is not an HTTP status code. */
@@ -52,6 +54,34 @@ IdemCheckResponseCode(int32 code)
 				 errmsg("response code %d is out of range", code),
 				 errdetail("Response codes are HTTP status codes, from %d to %d.",
 						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
+}
+
+/*
+ * Raise 54000 for a response larger than idempotency.max_response_size: its
+ * body (jsonb or bytes) and headers, as stored.  A replay holds a few times
+ * the stored size in memory (docs/operations.md), so this bounds a
+ * replay's memory as well.
+ */
+void
+IdemCheckResponseSize(Datum body, Datum headers, Datum bytes)
+{
+	Size		size = 0;
+
+	if (idem_max_response_size <= 0)
+		return;
+	if (body != (Datum) 0)
+		size += VARSIZE_ANY(DatumGetPointer(body));
+	if (headers != (Datum) 0)
+		size += VARSIZE_ANY(DatumGetPointer(headers));
+	if (bytes != (Datum) 0)
+		size += VARSIZE_ANY(DatumGetPointer(bytes));
+	if (size > (Size) idem_max_response_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("response is too large to store"),
+				 errdetail("It is %zu bytes; idempotency.max_response_size is %s.",
+						   size, GetConfigOptionByName("idempotency.max_response_size", NULL, false)),
+				 errhint("Store a smaller response, or a reference to where the full one is kept.")));
 }
 
 /* RFC 9110 section 5.6.2: tchar. */

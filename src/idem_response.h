@@ -20,5 +20,6 @@
 
 extern void IdemCheckResponseCode(int32 code);
 extern Datum IdemCheckResponseHeaders(Jsonb *headers);
+extern void IdemCheckResponseSize(Datum body, Datum headers, Datum bytes);
 
 #endif							/* IDEM_RESPONSE_H */

@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 
 #include "idem_args.h"
+#include "idem_guc.h"
 #include "idem_key.h"
 #include "idem_stats.h"
 #include "idem_store.h"
@@ -63,6 +64,9 @@ idem_keep(PG_FUNCTION_ARGS)
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
 	oids = IdemCallStore(cache, &key, &shard);
 	IdemCheckNotOpen(&key, "keep");
+	/* a key kept for good has an infinite ttl, which the bound refuses */
+	IdemCheckOperatorBound(now, DT_NOEND, "ttl", "idempotency.max_ttl",
+						   idem_max_ttl_s);
 	PreventCommandIfReadOnly("idem_keep()");
 
 	IdemStoreOpen(&store, oids, true);

@@ -221,9 +221,14 @@ idem_retry(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_discard(key text, scope text): forget a failed or dead key and
- * everything it recorded; the key is absent, and its next begin starts the
- * work as for a new key.
+ * idem_discard(key text, scope text[, any_state boolean]): forget a failed
+ * or dead key and everything it recorded; the key is absent, and its next
+ * begin starts the work as for a new key.  With any_state (0.8.0) the key
+ * goes whatever its state: a completed one (its retry runs the work
+ * again), an erased one's tombstone, or a lease (its holder's token no
+ * longer counts), so that an operator can clear a key a hostile or broken
+ * client took for as long as its ttl allowed.  A key another transaction
+ * is writing is waited for first, as for every change.
  */
 Datum
 idem_discard(PG_FUNCTION_ARGS)
@@ -237,10 +242,16 @@ idem_discard(PG_FUNCTION_ARGS)
 	IdemStore	store;
 	IdemRecord	rec;
 	bool		stale;
+	bool		any_state = false;
 
 	IdemStatsCallStart(&timer);
 	IdemGetKeyArgs(fcinfo, 0, 1, &key);
 	oids = IdemCallStore(cache, &key, &shard);
+	if (PG_NARGS() > 2)
+	{
+		IdemRequireArg(fcinfo, 2, "any_state");
+		any_state = PG_GETARG_BOOL(2);
+	}
 	IdemCheckNotOpen(&key, "discard");
 	PreventCommandIfReadOnly("idem_discard()");
 
@@ -250,11 +261,13 @@ idem_discard(PG_FUNCTION_ARGS)
 	{
 		bool		found = IdemLockSettled(&store, &key, now, &rec, &stale);
 
-		if (found && rec.state != IDEM_STATE_DEAD)
+		if (found && rec.state != IDEM_STATE_DEAD && !any_state)
 			found = false;
 		if (!found && !IdemIsLiveFailure(&rec, stale, now))
 			RefuseState(&store, &key, "discard",
-						"idem_discard() forgets a failed or dead key.");
+						any_state ?
+						"idem_discard() forgets a key that has a record." :
+						"idem_discard() forgets a failed or dead key; with any_state => true, a key in any state.");
 		IdemCheckRecordVisible(&rec, &key);
 		if (IdemStoreDelete(&store, &rec.tid, true))
 			break;

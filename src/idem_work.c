@@ -185,4 +185,5 @@ IdemWorkRun(IdemWork *work, Datum request, bool request_isnull,
 	value = GetAttributeByNum(td, 3, &isnull);
 	response->headers = isnull ? (Datum) 0 :
 		IdemCheckResponseHeaders(DatumGetJsonbP(value));
+	IdemCheckResponseSize(response->body, response->headers, (Datum) 0);
 }
