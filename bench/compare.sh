@@ -29,6 +29,10 @@
 #   MEASURE   tps, or instructions      (default tps)
 #   CALLS     calls per scenario with MEASURE=instructions (default 1000;
 #             BATCH times fewer batches)
+#   SETUP_SQL SQL run on both sides after bench/setup.sql (default none)
+#   AFTER_SQL SQL run on the working tree's side only, after SETUP_SQL:
+#             REV may be the working tree's own commit, to measure what a
+#             setting or a table's rows cost (default none)
 #   PG_CONFIG, KEEP=1, RESULTS_DIR      as for bench/run.sh
 #
 # MEASURE=instructions counts, instead of timing, the CPU instructions one
@@ -135,6 +139,11 @@ EOF
 	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/createdb" -h "$WORK" -p "${PORT[$side]}" -U postgres bench
 	"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -q -v ON_ERROR_STOP=1 -v nkeys="$NKEYS" \
 		-h "$WORK" -p "${PORT[$side]}" -U postgres -d bench -f "$WORK/setup.sql" >/dev/null
+	for extra in "${SETUP_SQL:-}" "$([[ $side == after ]] && echo "${AFTER_SQL:-}")"; do
+		[[ -n $extra ]] || continue
+		"${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -q -v ON_ERROR_STOP=1 \
+			-h "$WORK" -p "${PORT[$side]}" -U postgres -d bench -c "$extra" >/dev/null
+	done
 	log "$side: $("${AS_PG[@]}" "$WORK/$side$PGLIB/bin/psql" -X -At -h "$WORK" -p "${PORT[$side]}" -U postgres -d bench \
 		-c "SELECT 'extension ' || extversion || ', library ' || (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') FROM pg_extension WHERE extname = 'idempotency'")"
 done
