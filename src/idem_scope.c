@@ -30,9 +30,9 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "access/tableam.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -151,21 +151,25 @@ LookupRulesTable(const IdemStoreOids *oids)
 	return relid;
 }
 
-/* Read every rule of the table into the rules' context. */
+/*
+ * Read every rule of the table into the rules' context: a heap scan through
+ * systable_beginscan, whose signature is the same on every version.
+ */
 static void
 LoadRules(Oid relid)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	TableScanDesc scan = table_beginscan(rel, snapshot, 0, NULL);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, NULL);
+	HeapTuple	tuple;
 	int			allocated = 8;
 
 	MemoryContextReset(scope_rules.cxt);
 	scope_rules.rules = MemoryContextAlloc(scope_rules.cxt,
 										   allocated * sizeof(ScopeRule));
 	scope_rules.nrules = 0;
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
 		bool		isnull;
 		Datum		prefix;
@@ -174,10 +178,10 @@ LoadRules(Oid relid)
 		text	   *t;
 
 		CHECK_FOR_INTERRUPTS();
-		prefix = slot_getattr(slot, Anum_scope_prefix, &isnull);
+		prefix = heap_getattr(tuple, Anum_scope_prefix, desc, &isnull);
 		if (isnull)
 			continue;			/* the primary key refuses it */
-		role = slot_getattr(slot, Anum_scope_role, &isnull);
+		role = heap_getattr(tuple, Anum_scope_role, desc, &isnull);
 		if (isnull)
 			continue;			/* NOT NULL refuses it */
 		if (scope_rules.nrules == allocated)
@@ -194,8 +198,7 @@ LoadRules(Oid relid)
 		rule->prefix[rule->len] = '\0';
 		rule->role = DatumGetObjectId(role);
 	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
+	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, NoLock);
 	qsort(scope_rules.rules, scope_rules.nrules, sizeof(ScopeRule),
