@@ -29,6 +29,9 @@
 #   MEASURE   tps, or instructions      (default tps)
 #   CALLS     calls per scenario with MEASURE=instructions (default 1000;
 #             BATCH times fewer batches)
+#   ROLE      the role the scenarios run as, on both sides: SET ROLE in
+#             the single-user script, -c role through PGOPTIONS for pgbench
+#             (default: the superuser postgres)
 #   SETUP_SQL SQL run on both sides after bench/setup.sql (default none)
 #   AFTER_SQL SQL run on the working tree's side only, after SETUP_SQL:
 #             REV may be the working tree's own commit, to measure what a
@@ -180,7 +183,10 @@ count_instructions() {	# side scenario factor
 	local data=$WORK/count-data out
 	rm -rf "$data"
 	cp -a "$WORK/data-$1" "$data"
-	single_user_script "$2" "$3" >"$WORK/count.sql"
+	{
+		[[ -z ${ROLE:-} ]] || printf 'SET ROLE %s;\n\n' "$ROLE"
+		single_user_script "$2" "$3"
+	} >"$WORK/count.sql"
 	chown -R postgres: "$data" "$WORK/count.sql" 2>/dev/null || true
 	out=$("${AS_PG[@]}" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 		"$WORK/$1$PGLIB/bin/postgres" --single -j -D "$data" bench <"$WORK/count.sql" 2>&1 >/dev/null) ||
@@ -223,7 +229,7 @@ echo "round,scenario,side,tps,txns" >"$RESULTS"
 run_one() {	# round scenario side
 	local out tps txns p=${PORT[$3]} bin=$WORK/$3$PGLIB/bin
 	"${AS_PG[@]}" "$bin/psql" -X -q -h "$WORK" -p "$p" -U postgres -d bench -c "VACUUM (ANALYZE) idem_keys, payments" -c CHECKPOINT >/dev/null
-	out=$("${AS_PG[@]}" "$bin/pgbench" -h "$WORK" -p "$p" -U postgres -n -M prepared -T "$DURATION" \
+	out=$(PGOPTIONS=${ROLE:+"-c role=$ROLE"} "${AS_PG[@]}" "$bin/pgbench" -h "$WORK" -p "$p" -U postgres -n -M prepared -T "$DURATION" \
 		-c "$CLIENTS" -j "$CLIENTS" -D tag="r$1$3" -D nkeys="$NKEYS" -D n="$BATCH" -f "$WORK/scenarios/$2.sql" bench 2>&1) ||
 		{ echo "$out" >&2; exit 1; }
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
