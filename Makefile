@@ -3,7 +3,7 @@
 EXTENSION    = idempotency
 MODULE_big   = idempotency
 OBJS         = src/idempotency.o src/idem_guc.o src/idem_fingerprint.o \
-               src/idem_lockkey.o src/idem_store.o src/idem_citus.o src/idem_xact.o src/idem_args.o src/idem_scope.o src/idem_key.o \
+               src/idem_lockkey.o src/idem_inval.o src/idem_store.o src/idem_citus.o src/idem_xact.o src/idem_args.o src/idem_scope.o src/idem_key.o \
                src/idem_api.o src/idem_once.o src/idem_lease.o src/idem_retention.o src/idem_retry.o src/idem_response.o src/idem_work.o src/idem_stats.o src/idem_sweeper.o
 DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC   = "idempotency - idempotency keys for PostgreSQL"

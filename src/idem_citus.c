@@ -103,6 +103,7 @@
 
 #include "idem_citus.h"
 #include "idem_guc.h"
+#include "idem_inval.h"
 #include "idem_xact.h"
 
 /*
@@ -688,7 +689,7 @@ BuildShardMap(Oid shell)
 
 	if (!callback_registered)
 	{
-		CacheRegisterRelcacheCallback(ForgetShardMap, (Datum) 0);
+		IdemRegisterRelcacheCallback(ForgetShardMap);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, ForgetShardMapSchema, (Datum) 0);
 		shard_map.cxt = AllocSetContextCreate(CacheMemoryContext,
 											  "idempotency Citus shard map",

@@ -48,6 +48,7 @@
 #include "utils/syscache.h"
 
 #include "idem_compat.h"
+#include "idem_inval.h"
 #include "idem_scope.h"
 #include "idem_xact.h"
 
@@ -219,7 +220,7 @@ EnsureRules(const IdemStoreOids *oids)
 		scope_rules.cxt = AllocSetContextCreate(TopMemoryContext,
 												"idempotency scope owners",
 												ALLOCSET_SMALL_SIZES);
-		CacheRegisterRelcacheCallback(ForgetRules, (Datum) 0);
+		IdemRegisterRelcacheCallback(ForgetRules);
 		CacheRegisterSyscacheCallback(RELNAMENSP, ForgetRulesByName, (Datum) 0);
 		CacheRegisterSyscacheCallback(AUTHOID, ForgetBoundRole, (Datum) 0);
 		callbacks_registered = true;

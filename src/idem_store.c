@@ -51,6 +51,7 @@
 #include "utils/snapmgr.h"
 
 #include "idem_compat.h"
+#include "idem_inval.h"
 #include "idem_lockkey.h"
 #include "idem_stats.h"
 #include "idem_store.h"
@@ -305,7 +306,7 @@ IdemStoreResolve(FunctionCallInfo fcinfo, IdemStoreOids *oids)
 
 	if (!callback_registered)
 	{
-		CacheRegisterRelcacheCallback(ForgetResolvedStore, (Datum) 0);
+		IdemRegisterRelcacheCallback(ForgetResolvedStore);
 		CacheRegisterSyscacheCallback(RELNAMENSP, ForgetResolvedStoreNames, (Datum) 0);
 		callback_registered = true;
 	}
@@ -1145,7 +1146,7 @@ StoreIndexInfo(Relation index)
 		ctl.hcxt = index_info_cxt;
 		index_infos = hash_create("idempotency index infos", 16, &ctl,
 								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		CacheRegisterRelcacheCallback(ForgetIndexInfos, (Datum) 0);
+		IdemRegisterRelcacheCallback(ForgetIndexInfos);
 		CacheRegisterSyscacheCallback(PROCOID, ForgetIndexInfosOfFunctions, (Datum) 0);
 		RegisterXactCallback(FreeRetiredIndexInfos, NULL);
 	}
