@@ -182,7 +182,9 @@ IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
  * *shard.  Call it before the key is used: on Citus the scope is rewritten
  * to the tenant's own spelling, and the key's hash with it.  A scope that
  * belongs to a role the caller does not have the privileges of is refused
- * here first (idem_scope.c), before anything of it is read.
+ * here (idem_scope.c), before anything of it is read: as the call spells
+ * it, and on Citus as the tenant's own spelling too, so that another
+ * spelling of a tenant ('01' for 1) is no way around its owner's prefix.
  */
 const IdemStoreOids *
 IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
@@ -192,7 +194,11 @@ IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 	IdemScopeCheck(&cache->oids, key->scope);
 	oids = IdemCitusStoreFor(&cache->oids, &key->scope, shard);
 	if (oids != &cache->oids)
+	{
+		/* the tenant's own spelling is checked too: '01' is tenant 1's */
+		IdemScopeCheck(&cache->oids, key->scope);
 		key->hash = IdemKeyHash(key->scope, key->key);
+	}
 	return oids;
 }
 
@@ -200,8 +206,13 @@ IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 const IdemStoreOids *
 IdemCallStoreForScope(IdemCallCache *cache, text **scope, IdemStoreOids *shard)
 {
+	const IdemStoreOids *oids;
+
 	IdemScopeCheck(&cache->oids, *scope);
-	return IdemCitusStoreFor(&cache->oids, scope, shard);
+	oids = IdemCitusStoreFor(&cache->oids, scope, shard);
+	if (oids != &cache->oids)
+		IdemScopeCheck(&cache->oids, *scope);	/* as IdemCallStore */
+	return oids;
 }
 
 /* Raise 22023 for a ttl (or lease) that is not positive. */

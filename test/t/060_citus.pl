@@ -307,6 +307,28 @@ subtest 'a call Citus does not delegate is refused, never run on the wrong node'
 		'0A000', 'called directly on a worker without the shard: 0A000');
 };
 
+subtest 'scopes that belong to roles: checked on the node a call runs on, in both spellings' => sub {
+	$coord->safe_psql('postgres', q{
+CREATE ROLE owner42 LOGIN;
+GRANT SELECT, INSERT ON payments TO owner42;
+SELECT * FROM run_command_on_all_nodes($$INSERT INTO public.idem_scope_owners VALUES ('42', 'owner42')$$);
+});
+	is(sqlstate($coord, 'postgres', q{SET ROLE app; SELECT idem_once('owned-1', 42::bigint)}),
+		'42501', 'a delegated call of another role is refused on the tenant\'s node');
+	is($coord->safe_psql('postgres', q{SET ROLE owner42; SELECT idem_once('owned-1', 42::bigint)}),
+		't', 'the owner\'s passes');
+	my ($node) = shard_of('postgres', 'idem_tenant_keys', 42);
+	is(sqlstate($node, 'postgres', q{SET ROLE app; SELECT idem_once('owned-2', '042')}),
+		'42501', 'another spelling of the tenant, on its node, is refused too (it is tenant 42\'s)');
+	is($node->safe_psql('postgres', q{SET ROLE owner42; SELECT idem_once('owned-2', '042')}),
+		't', 'for the owner it is the tenant\'s scope');
+	$coord->safe_psql('postgres', q{
+SELECT * FROM run_command_on_all_nodes($$DELETE FROM public.idem_scope_owners$$);
+});
+	is($coord->safe_psql('postgres', q{SET ROLE app; SELECT idem_once('owned-3', 42::bigint)}),
+		't', 'without rules, every role again');
+};
+
 subtest 'concurrent attempts: one runs, the other waits and replays' => sub {
 	my $a = $coord->background_psql('postgres', on_error_stop => 1);
 	my $b = $coord->background_psql('postgres', on_error_stop => 1);
