@@ -238,7 +238,7 @@ is($coord->safe_psql('postgres', q{
 SELECT count(*) FROM pg_dist_object o
  WHERE o.classid = 'pg_proc'::regclass AND o.force_delegation
    AND o.colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'payments'::regclass)}),
-	'22', 'every function that takes a scope is delegated with the tenants of payments');
+	'24', 'every function that takes a scope is delegated with the tenants of payments');
 like($coord->safe_psql('postgres', q{SELECT string_agg(DISTINCT action, ',') FROM idem_citus_setup('payments') WHERE object = 'public.idem_tenant_keys'}),
 	qr/^kept$/, 'running it again keeps the table');
 
