@@ -304,10 +304,12 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_scope_owners', '');
 COMMENT ON TABLE @extschema@.idem_scope_owners IS
 'Scope prefixes and the roles whose privileges a caller needs to use the keys of scopes that begin with them (the longest matching prefix decides)';
 
--- Every backend keeps the rules until the table changes: the trigger tells
--- them all, at commit, with an invalidation of the table.  ALWAYS, so that
--- session_replication_role = replica (a restore, a replication tool) does
--- not skip it.
+-- Every backend keeps the rules until the table changes: the triggers tell
+-- them all, at commit, with an invalidation of the table.  For each row,
+-- since a logical replication subscriber's apply fires no statement
+-- trigger but TRUNCATE's; ALWAYS, so that neither that apply nor
+-- session_replication_role = replica (a restore, a replication tool)
+-- skips them.
 CREATE FUNCTION @extschema@.idem_scope_owners_changed()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'idem_scope_owners_changed'
@@ -316,10 +318,15 @@ LANGUAGE C;
 REVOKE ALL ON FUNCTION @extschema@.idem_scope_owners_changed() FROM PUBLIC;
 
 CREATE TRIGGER idem_scope_owners_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.idem_scope_owners
+    AFTER INSERT OR UPDATE OR DELETE ON @extschema@.idem_scope_owners
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.idem_scope_owners_changed();
+
+CREATE TRIGGER idem_scope_owners_truncated
+    AFTER TRUNCATE ON @extschema@.idem_scope_owners
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.idem_scope_owners_changed();
 
 ALTER TABLE @extschema@.idem_scope_owners ENABLE ALWAYS TRIGGER idem_scope_owners_changed;
+ALTER TABLE @extschema@.idem_scope_owners ENABLE ALWAYS TRIGGER idem_scope_owners_truncated;
 
 -- May the current role use the keys of a scope?  PUBLIC's: it tells a
 -- caller only about itself.

@@ -167,8 +167,8 @@ IdemGucInit(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("idempotency.max_response_size",
-							"Largest response a finish may store: body and headers; 0 for no bound.",
-							"A replay holds a few times the stored size in memory.",
+							"Largest response (body and headers) or checkpoint state a call may store; 0 for no bound.",
+							"A replay or a resume holds a few times the stored size in memory.",
 							&idem_max_response_size,
 							0,
 							0,

@@ -40,6 +40,7 @@
 #include "idem_guc.h"
 #include "idem_key.h"
 #include "idem_lease.h"
+#include "idem_response.h"
 #include "idem_stats.h"
 #include "idem_store.h"
 #include "idem_xact.h"
@@ -454,6 +455,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	phase = IdemGetTextArg(fcinfo, 2, "phase", IDEM_PHASE_MAX_LEN, false);
 	if (!PG_ARGISNULL(3))
 		state = PointerGetDatum(PG_GETARG_JSONB_P(3));
+	IdemCheckStateSize(state);
 	if (!PG_ARGISNULL(5))
 		IdemCheckOperatorBound(now, IdemGetExpiry(fcinfo, 5, "extend", now),
 							   "extend", "idempotency.max_lease",

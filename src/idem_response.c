@@ -56,6 +56,20 @@ IdemCheckResponseCode(int32 code)
 						   IDEM_MIN_RESPONSE_CODE, IDEM_MAX_RESPONSE_CODE)));
 }
 
+/* Raise 54000 for a value to store larger than idempotency.max_response_size. */
+static void
+CheckStoredSize(Size size, const char *what, const char *hint)
+{
+	if (idem_max_response_size <= 0 || size <= (Size) idem_max_response_size)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("%s is too large to store", what),
+			 errdetail("It is %zu bytes; idempotency.max_response_size is %s.",
+					   size, GetConfigOptionByName("idempotency.max_response_size", NULL, false)),
+			 errhint("%s", hint)));
+}
+
 /*
  * Raise 54000 for a response larger than idempotency.max_response_size: its
  * body (jsonb or bytes) and headers, as stored.  A replay holds a few times
@@ -67,21 +81,26 @@ IdemCheckResponseSize(Datum body, Datum headers, Datum bytes)
 {
 	Size		size = 0;
 
-	if (idem_max_response_size <= 0)
-		return;
 	if (body != (Datum) 0)
 		size += VARSIZE_ANY(DatumGetPointer(body));
 	if (headers != (Datum) 0)
 		size += VARSIZE_ANY(DatumGetPointer(headers));
 	if (bytes != (Datum) 0)
 		size += VARSIZE_ANY(DatumGetPointer(bytes));
-	if (size > (Size) idem_max_response_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("response is too large to store"),
-				 errdetail("It is %zu bytes; idempotency.max_response_size is %s.",
-						   size, GetConfigOptionByName("idempotency.max_response_size", NULL, false)),
-				 errhint("Store a smaller response, or a reference to where the full one is kept.")));
+	CheckStoredSize(size, "response",
+					"Store a smaller response, or a reference to where the full one is kept.");
+}
+
+/*
+ * The same for a lease's recovery point (idem_checkpoint's state), which
+ * every resume and idem_failed_keys return as a replay returns a response.
+ */
+void
+IdemCheckStateSize(Datum state)
+{
+	if (state != (Datum) 0)
+		CheckStoredSize(VARSIZE_ANY(DatumGetPointer(state)), "checkpoint state",
+						"Keep a smaller recovery point, or a reference to where the full one is kept.");
 }
 
 /* RFC 9110 section 5.6.2: tchar. */

@@ -21,5 +21,6 @@
 extern void IdemCheckResponseCode(int32 code);
 extern Datum IdemCheckResponseHeaders(Jsonb *headers);
 extern void IdemCheckResponseSize(Datum body, Datum headers, Datum bytes);
+extern void IdemCheckStateSize(Datum state);
 
 #endif							/* IDEM_RESPONSE_H */

@@ -23,19 +23,23 @@
  * reaches the store.
  *
  * The rules are read once per backend and kept until the table changes:
- * its statement trigger (idem_scope_owners_changed, enabled ALWAYS, so a
- * replica's session_replication_role does not skip it) sends a relcache
- * invalidation for the table, which every backend takes in before its next
- * call, as for a catalog change.  With no rules, a call pays one test.
+ * its triggers (idem_scope_owners_changed, for each row written and for a
+ * TRUNCATE, enabled ALWAYS so that neither session_replication_role =
+ * replica nor a logical replication subscriber's apply skips them; apply
+ * fires no statement trigger but TRUNCATE's) send a relcache invalidation
+ * for the table, which every backend takes in at its next transaction, as
+ * for a catalog change.  With no rules, a call pays one test.
  */
 #include "postgres.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -124,31 +128,24 @@ CompareRulesLongestFirst(const void *a, const void *b)
 
 /*
  * The table of rules in the extension's schema, or InvalidOid if there is
- * none.  The name is the extension's from 0.8.0 on (its update fails on a
- * squatter); before the update, a relation of that name that the key
- * table's owner does not own is refused rather than obeyed or ignored.
+ * none: before the update to 0.8.0, or when a relation of that name is not
+ * the extension's own (a role with CREATE on the schema could make one
+ * before the update, which then fails on the name).  Such a relation is
+ * ignored: before the update there are no rules, and neither obeying its
+ * rows nor refusing every call because of it would be right.  Membership,
+ * not ownership, tells the extension's table: an operator may give the key
+ * table to another role.
  */
 static Oid
 LookupRulesTable(const IdemStoreOids *oids)
 {
 	Oid			relid = get_relname_relid(IDEM_SCOPE_OWNERS_NAME, oids->nspid);
-	HeapTuple	tuple;
-	bool		ours;
 
-	if (!OidIsValid(relid))
+	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION)
 		return InvalidOid;
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
-		return InvalidOid;		/* dropped just now */
-	ours = ((Form_pg_class) GETSTRUCT(tuple))->relkind == RELKIND_RELATION &&
-		((Form_pg_class) GETSTRUCT(tuple))->relowner == IdemStoreOwner(oids);
-	ReleaseSysCache(tuple);
-	if (!ours)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("relation \"%s.%s\" is not the extension's table of scope owners",
-						get_namespace_name(oids->nspid), IDEM_SCOPE_OWNERS_NAME),
-				 errhint("Drop or rename it; the extension \"idempotency\" owns that name.")));
+	if (getExtensionOfObject(RelationRelationId, relid) !=
+		get_extension_oid("idempotency", true))
+		return InvalidOid;
 	return relid;
 }
 
@@ -322,8 +319,9 @@ idem_scope_permitted(PG_FUNCTION_ARGS)
 }
 
 /*
- * The statement trigger of idem_scope_owners: every backend reads the
- * rules again once the change commits (this one at its next command).
+ * The triggers of idem_scope_owners: every backend reads the rules again
+ * once the change commits (this one at its next command).  Invalidations
+ * of one relation within a transaction are sent once, however many rows.
  */
 Datum
 idem_scope_owners_changed(PG_FUNCTION_ARGS)

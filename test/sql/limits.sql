@@ -118,6 +118,10 @@ SELECT try('SELECT status FROM idem_call(''r4'', ''{}'', ''big_work(jsonb)'')') 
 -- a finish by a lease's holder too
 SELECT token AS ltoken FROM idem_lease('r5', '{}') \gset
 SELECT try(format('SELECT idem_finish(''r5'', 200, jsonb_build_object(''pad'', repeat(''x'', 500)), '''', %L)', :'ltoken')) AS lease_finish;
+-- and a lease's recovery point, which every resume returns
+SELECT try(format('SELECT idem_checkpoint(''r5'', %L, ''p'', jsonb_build_object(''pad'', repeat(''x'', 500)))', :'ltoken')) AS checkpoint_state;
+SELECT phase, phase_state FROM idem_keys WHERE key = 'r5';
+SELECT idem_checkpoint('r5', :'ltoken', 'p', '{"step": 1}') IS NOT NULL AS small_state_kept;
 SELECT key, state FROM idem_keys WHERE key LIKE 'r%' ORDER BY key;
 -- a smaller one is stored
 BEGIN;

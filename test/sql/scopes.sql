@@ -263,7 +263,7 @@ SELECT c.relname, e.extconfig @> ARRAY[c.oid] AS dumped,
        (SELECT count(*) FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS other_grants
 FROM pg_class c, pg_extension e
 WHERE c.oid = 'idem_scope_owners'::regclass AND e.extname = 'idempotency';
-SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'idem_scope_owners'::regclass;
+SELECT tgname, tgenabled, tgtype FROM pg_trigger WHERE tgrelid = 'idem_scope_owners'::regclass ORDER BY tgname;
 -- its trigger function is for its trigger only
 SELECT outcome('SELECT idem_scope_owners_changed()') AS called_directly;
 SELECT has_function_privilege('public', 'idem_scope_owners_changed()', 'EXECUTE') AS public_trigger,
