@@ -21,7 +21,7 @@ mv "$zip" "$work/"
 unzip -q "$work/$zip" -d "$work"
 dir=$work/idempotency-$version
 [ -d "$dir" ] || { echo "the zip has no top directory idempotency-$version/"; exit 1; }
-for f in META.json idempotency.control Makefile README.md CHANGELOG.md "sql/idempotency--0.1.0.sql"; do
+for f in META.json idempotency.control Makefile README.md CHANGELOG.md LICENSE "sql/idempotency--$version.sql"; do
     [ -f "$dir/$f" ] || { echo "the zip lacks $f"; exit 1; }
 done
 perl test/helpers/pgxn_meta.pl "$dir"
