@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Batch consumers: message ids per second through idem_once_batch against a
 # plain INSERT ... ON CONFLICT DO NOTHING RETURNING of the same ids into a
-# table like idem_keys, at batch sizes 1, 100 and 1000 (issue #11 part 4).
+# table like idem_keys, at batch sizes 1, 100 and 1000.
 #
 # One throwaway cluster; each round runs every (size, variant) pair, the two
 # variants of a size back to back in an order that alternates per round,

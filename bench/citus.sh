@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The extension on Citus (issue #13), against the same work without keys,
+# The extension on Citus, against the same work without keys,
 # on a throwaway cluster of a coordinator and two workers on this machine.
 #
 # Needs Citus installed for the server of PG_CONFIG (it is not in Debian's

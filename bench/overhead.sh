@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of measuring the extension's own cost (issue #11 part 5): the
+# The cost of measuring the extension's own cost: the
 # replay path and the write path with idempotency.track_timing on and off,
 # in pairs, in one run.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What each way of making a request idempotent costs at the database
-# (issue #12): throughput in interleaved pgbench rounds, as a ratio to the
+# : throughput in interleaved pgbench rounds, as a ratio to the
 # same request with no idempotency at all, and WAL per request record by
 # record (pg_waldump --stats after a CHECKPOINT: the records each way
 # writes, and the full-page images that the first change of a page after a

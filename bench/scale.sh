@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the extension's cost grows with the number of keys it stores, against
-# plain SQL doing the same work on a table of the same size (issue #13).
+# plain SQL doing the same work on a table of the same size.
 #
 # One throwaway cluster (shared_buffers 512MB unless SHARED_BUFFERS, fsync on, synchronous_commit
 # off: CPU-bound, so that growth in the index shows and is not hidden by the

@@ -1,4 +1,4 @@
-/* idempotency--0.3.1--0.4.0.sql: whole responses, bounded retries, keys kept or erased, batches of message ids, overhead counters (issue #11) */
+/* idempotency--0.3.1--0.4.0.sql: whole responses, bounded retries, keys kept or erased, batches of message ids, overhead counters */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "ALTER EXTENSION idempotency UPDATE TO '0.4.0'" to load this file. \quit
@@ -44,7 +44,7 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION @extschema@.idem_erase(pg_catalog.text, pg_catalog.text),
                        @extschema@.idem_erase_scope(pg_catalog.text) FROM PUBLIC;
 
--- Whole responses (issue #11 part 1): the headers a finish keeps, and a
+-- Whole responses: the headers a finish keeps, and a
 -- body of any content type as bytes, beside the jsonb body.  Nullable, no
 -- default: adding them rewrites nothing, and a key with a jsonb body (or
 -- none) stores neither.

@@ -1,4 +1,4 @@
-/* idempotency--0.4.0--0.5.0.sql: a request in one statement, one round trip (issue #12) */
+/* idempotency--0.4.0--0.5.0.sql: a request in one statement, one round trip */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "ALTER EXTENSION idempotency UPDATE TO '0.5.0'" to load this file. \quit

@@ -1,4 +1,4 @@
-/* idempotency--0.5.0--0.6.0.sql: keys that live with their tenant on Citus (issue #13) */
+/* idempotency--0.5.0--0.6.0.sql: keys that live with their tenant on Citus */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "ALTER EXTENSION idempotency UPDATE TO '0.6.0'" to load this file. \quit

@@ -2,7 +2,7 @@
  * idem_api.c
  *	  The SQL-callable functions of keys done in one transaction (begin,
  *	  finish, release, lookup, fingerprint, sweep): the status logic of
- *	  contract sections 4, 5 and 7.  Messages (idem_once) are idem_once.c's.
+ *	  docs/specification.md, sections 4, 5 and 7.  Messages (idem_once) are idem_once.c's.
  *
  * Statuses are decided here from what the key store reports and what this
  * transaction has open (idem_xact.c).  Arguments are read by idem_args.c,
@@ -604,7 +604,8 @@ idem_release(PG_FUNCTION_ARGS)
 
 /*
  * idem_lookup(key text, scope text): a read-only look at a key, for status
- * endpoints.  Status is completed, in_progress or absent.
+ * endpoints.  Status is completed, in_progress, failed, dead, erased or
+ * absent.
  */
 Datum
 idem_lookup(PG_FUNCTION_ARGS)

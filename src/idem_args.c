@@ -1,7 +1,7 @@
 /*
  * idem_args.c
  *	  The arguments of the SQL-callable functions: the call site's cache, the
- *	  NULL check, key and scope (contract section 2), and the intervals
+ *	  NULL check, key and scope (docs/specification.md, section 2), and the intervals
  *	  (ttl, lease, extend) turned into times.
  *
  * Every SQL surface (idem_api.c, idem_lease.c) reads its arguments through
@@ -28,7 +28,7 @@
 /*
  * The row type of each function returning a row, built once per backend:
  * building it from pg_proc's OUT parameters and blessing it took a
- * twentieth of a replay (issue #12).  A change to the function's pg_proc
+ * twentieth of a replay.  A change to the function's pg_proc
  * row has it checked again.  Entries live in CacheMemoryContext.
  */
 typedef struct ResultDescEntry
@@ -133,7 +133,7 @@ IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
 
 /*
  * A text argument of at most maxlen bytes, not NULL, and not empty unless
- * allow_empty: a key or scope (contract section 2), a phase, an error.
+ * allow_empty: a key or scope (docs/specification.md, section 2), a phase, an error.
  */
 text *
 IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,

@@ -58,7 +58,7 @@
  * COMMIT as a warning carrying the worker's error, then an error of its own
  * with no SQLSTATE (XX000, "could not commit transaction for shard ...").
  * Nothing is committed either way, but the client would see XX000 where
- * the contract promises the guard's 55000.  So while this node commits, a
+ * the specification promises the guard's 55000.  So while this node commits, a
  * relayed warning of the guard is remembered, and the internal error that
  * follows it is reported as the guard's own: its SQLSTATE, message and
  * hint, with Citus's message as the detail.  That is done in emit_log_hook,

@@ -3,8 +3,8 @@
  *	  The extension's settings, all under the "idempotency." prefix.
  *
  * idempotency.unfinished decides what COMMIT and PREPARE TRANSACTION do with
- * a key that was begun but neither finished nor released (contract section
- * 4).  The sweeper settings are read by the background worker and reloadable
+ * a key that was begun but neither finished nor released
+ * (docs/specification.md, section 4.3).  The sweeper settings are read by the background worker and reloadable
  * with SIGHUP.  idempotency.track_stats turns the idem_stats counters off
  * (superuser only, as pg_stat_statements.track is); idempotency.track_timing
  * also times every call (off by default and superuser only, as

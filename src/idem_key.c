@@ -51,8 +51,8 @@ IdemFingerprintsMatch(const IdemFingerprint *a, const IdemFingerprint *b)
  * Under REPEATABLE READ or SERIALIZABLE, a record committed by a transaction
  * our snapshot cannot see must not be reported: the caller's other reads
  * would disagree with it.  Raise a serialization failure, so the
- * application's ordinary retry runs again with a new snapshot (contract
- * section 5).
+ * application's ordinary retry runs again with a new snapshot
+ * (docs/specification.md, section 5.5).
  */
 void
 IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)

@@ -1,6 +1,6 @@
 /*
  * idem_once.c
- *	  Consumers of at-least-once messages (contract section 8): idem_once
+ *	  Consumers of at-least-once messages (docs/specification.md, section 8): idem_once
  *	  for one message id, idem_once_batch for the ids of a whole batch.
  *
  * A message id's record is a completed key with no request and no

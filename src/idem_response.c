@@ -2,7 +2,7 @@
  * idem_response.c
  *	  What a finish stores for a replay: the status code, the headers the
  *	  application chose to keep, and one body, jsonb or bytes of any
- *	  content type (issue #11 part 1).
+ *	  content type.
  *
  * Headers are a jsonb object from field name to a string, or to an array
  * of strings for a field that occurs more than once (Set-Cookie, Link), in

@@ -43,7 +43,7 @@ PG_FUNCTION_INFO_V1(idem_erase_scope);
 
 /*
  * idem_keep(key text, scope text): the key never expires.  Returns the
- * record's state after the call: completed, in_progress (a lease) or
+ * record's state after the call: completed, in_progress (a lease), dead or
  * erased.
  */
 Datum

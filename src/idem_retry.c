@@ -1,6 +1,6 @@
 /*
  * idem_retry.c
- *	  Retries that are not forever (issue #11 part 2): idem_fail records a
+ *	  Retries that are not forever: idem_fail records a
  *	  failed attempt that survives its transaction's rollback, and the
  *	  operator's idem_retry and idem_discard act on keys whose attempts ran
  *	  out.

@@ -8,8 +8,9 @@
  * to roles in the extension's table idem_scope_owners.  A scope then
  * belongs to the role of its longest matching prefix, and only a role with
  * that role's privileges (has_privs_of_role, as for a policy's TO clause)
- * may begin, finish, lease, look up, keep, fail, erase or discard its keys,
- * or list them in idem_failed_keys; anyone else gets 42501 before anything
+ * may begin, finish, call, release, lease, checkpoint, look up, use once,
+ * keep, fail, erase, retry or discard its keys, or list them in
+ * idem_failed_keys; anyone else gets 42501 before anything
  * is read or written.  A scope that no prefix matches stays everyone's
  * unless a row with the empty prefix claims it.  A role that was dropped
  * leaves its prefixes to nobody.  Superusers and roles with BYPASSRLS are

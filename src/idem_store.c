@@ -211,7 +211,7 @@ LookupShardIndex(const char *index, int64 shardid, Oid nspid, Oid heap)
 
 /*
  * Find this node's shard shardid of idem_tenant_keys, the Citus table of
- * keys that live with their tenant (issue #13), and its indexes.  Returns
+ * keys that live with their tenant, and its indexes.  Returns
  * false when this node has no such table.  A table of that name owned by
  * anyone but owner (the owner of idem_tenant_keys, whose tables Citus's
  * shards are) is not ours: a role with CREATE on the extension's schema
@@ -253,7 +253,7 @@ IdemStoreResolveShard(Oid nspid, int64 shardid, Oid owner, IdemStoreOids *oids)
 
 /*
  * The store last resolved in this backend, so that a statement does not
- * look its five relations up by name again (issue #12: on the replay path
+ * look its five relations up by name again (on the replay path
  * that was a tenth of the call).  A relcache invalidation of any of them,
  * or of all relations, forgets it (dropping or creating an index on
  * idem_keys sends one), and so does any change to a relation's name
@@ -743,7 +743,7 @@ IdemStoreEndScopeScan(IdemScopeScan *ss)
  * Form a record's tuple without its trailing NULL columns: a completed
  * key's record has none of the lease, failure and header columns, and a
  * tuple of eight attributes has a one-byte null bitmap and an eight-byte
- * smaller header than one of eighteen (issue #12: eight bytes less heap
+ * smaller header than one of eighteen (eight bytes less heap
  * and WAL per request).  Readers see the missing attributes as NULL, as
  * for rows written before ALTER TABLE ADD COLUMN, unless a column added
  * later has a missing value (a fast default), which only a user's own

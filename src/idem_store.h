@@ -16,7 +16,7 @@
 
 #include "idem_fingerprint.h"
 
-/* Limits of contract section 2, in bytes. */
+/* Limits of docs/specification.md, section 2, in bytes. */
 #define IDEM_KEY_MAX_LEN	255
 #define IDEM_SCOPE_MAX_LEN	255
 
@@ -105,7 +105,7 @@ typedef struct IdemStoreOids
 	Oid			nspid;			/* the extension's schema */
 
 	/*
-	 * On Citus (issue #13), a shard of idem_tenant_keys: its last column is
+	 * On Citus, a shard of idem_tenant_keys: its last column is
 	 * the tenant, the call's scope as a value of the tenant column's type,
 	 * and the primary key is (scope, key, tenant).
 	 */

@@ -3,7 +3,7 @@
  *	  The application's work function that idem_call runs between the begin
  *	  and the finish of its key: checking that it is one idem_call may run
  *	  and that the caller may run it, calling it, and reading the response
- *	  it returns (issue #12).
+ *	  it returns.
  *
  * A work function takes the request (jsonb) and returns the extension's
  * composite type idem_response (code, body, headers).  It runs as any

@@ -318,7 +318,7 @@ KeyTagName(const IdemKeyTag *tag)
 }
 
 /*
- * The commit guard (contract section 4): at COMMIT or PREPARE, a key that
+ * The commit guard (docs/specification.md, section 4.3): at COMMIT or PREPARE, a key that
  * is still only begun is an error, or with idempotency.unfinished = release
  * is let go.
  */

@@ -1,6 +1,6 @@
 --
 -- batch: idem_once_batch, the ids of a consumer's batch in one call
--- (contract section 8, issue #11 part 4).  Each id gets the answer and the
+-- (docs/specification.md, section 8).  Each id gets the answer and the
 -- record idem_once would give it; the call returns the new ids in the
 -- batch's order, each once.
 --

@@ -1,5 +1,5 @@
 --
--- call: a whole request in one statement (issue #12).  idem_call begins
+-- call: a whole request in one statement.  idem_call begins
 -- the key, runs the application's work function on the request and
 -- finishes the key with the response the work returns, in the caller's
 -- statement: a new key runs the work once ("done"), a retry gets the

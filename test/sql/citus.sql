@@ -1,5 +1,5 @@
 --
--- citus: the Citus setup (issue #13) on a server without Citus.  Every
+-- citus: the Citus setup on a server without Citus.  Every
 -- call is refused with a clear error and changes nothing; the keys stay
 -- in idem_keys; none of it is PUBLIC's.
 --

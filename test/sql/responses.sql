@@ -1,5 +1,5 @@
 --
--- responses: whole responses (issue #11 part 1).  A finish stores the
+-- responses: whole responses.  A finish stores the
 -- status, the headers the application keeps and one body, jsonb
 -- (response_body) or bytes of any content type (response_bytes); a replay
 -- returns them as they were, byte for byte: idem_begin_full,

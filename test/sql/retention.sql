@@ -1,6 +1,6 @@
 --
 -- retention: keys kept for good (idem_keep) and erased on purpose
--- (idem_erase, idem_erase_scope); issue #11 part 3.
+-- (idem_erase, idem_erase_scope).
 --
 -- A kept key's expires_at is infinity, on every version.  An erased key
 -- keeps only its name and times: every later call answers "erased"

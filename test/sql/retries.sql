@@ -1,5 +1,5 @@
 --
--- retries: attempts that are not forever (issue #11 part 2).  The _full
+-- retries: attempts that are not forever.  The _full
 -- variants of idem_begin, idem_lookup and idem_lease report the attempts
 -- and the last error; idem_lease_full takes the bound.  idem_fail
 -- records a failed attempt after its transaction rolled back; a lease that

@@ -209,9 +209,9 @@ RESET ROLE;
 DELETE FROM idem_scope_owners WHERE scope_prefix = '';
 
 ------------------------------------------------------------------------
--- a change to the rules holds from the next command, in every session
--- (the trigger's invalidation), and a dropped owner leaves its prefix to
--- nobody
+-- a change to the rules holds from this session's next command (the
+-- triggers' invalidation; other sessions: test/t/038_scope_boundary.pl),
+-- and a dropped owner leaves its prefix to nobody
 ------------------------------------------------------------------------
 SET ROLE regress_scope_b;
 SELECT outcome('SELECT idem_lookup(''completed'', ''a:1'')') AS before_delete;

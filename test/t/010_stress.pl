@@ -1,5 +1,5 @@
 
-# Stress test for contract section 5: "two transactions that begin the same
+# Stress test for docs/specification.md, section 5: "two transactions that begin the same
 # (scope, key) never both get started".
 #
 # 16 pgbench clients hammer 20 hot keys.  Each round uses a new key prefix, so

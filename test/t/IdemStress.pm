@@ -1,4 +1,4 @@
-# The contention stress of contract section 5, shared by 010_stress.pl
+# The contention stress of docs/specification.md, section 5, shared by 010_stress.pl
 # (pgbench connected straight to the server) and 034_pgbouncer.pl (the same
 # pgbench script through PgBouncer in transaction pooling mode).  See
 # 010_stress.pl for why the assertions in check() catch two transactions
