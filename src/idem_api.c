@@ -44,7 +44,7 @@
 /* Values of the returned row. */
 typedef struct IdemResult
 {
-	const char *status;
+	IdemStatus	status;
 	bool		code_isnull;
 	int32		response_code;
 	Datum		response_body;	/* 0 for NULL */
@@ -85,7 +85,7 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	if (rec->state == IDEM_STATE_ERASED)
 	{
 		/* whatever the request: nothing of the first one is left to compare */
-		res->status = "erased";
+		res->status = IDEM_STATUS_ERASED;
 		res->code_isnull = true;
 	}
 	else if (rec->state == IDEM_STATE_DEAD)
@@ -95,7 +95,7 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 		 * whatever the request; idem_fail() does not see the request, so a
 		 * dead key may have no fingerprint to compare.
 		 */
-		res->status = "dead";
+		res->status = IDEM_STATUS_DEAD;
 		res->code_isnull = true;
 		res->attempts = rec->attempts;
 		res->last_error = rec->last_error;
@@ -103,13 +103,13 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	else if (rec->state == IDEM_STATE_LEASED && IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
 		/* only the status, as for a key held by another transaction */
-		res->status = "in_progress";
+		res->status = IDEM_STATUS_IN_PROGRESS;
 		res->code_isnull = true;
 		res->times_isnull = true;
 	}
 	else if (IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
-		res->status = "replay";
+		res->status = IDEM_STATUS_REPLAY;
 		res->code_isnull = rec->code_isnull;
 		res->response_code = rec->response_code;
 		res->response_body = rec->body_isnull ? (Datum) 0 : rec->response_body;
@@ -119,7 +119,7 @@ ResultFromRecord(const IdemRecord *rec, const IdemFingerprint *fp,
 	else
 	{
 		/* never show a response to a request that does not match it */
-		res->status = "mismatch";
+		res->status = IDEM_STATUS_MISMATCH;
 		res->code_isnull = true;
 	}
 }
@@ -129,10 +129,7 @@ static void
 ResultCompleted(const IdemRecord *rec, IdemResult *res)
 {
 	memset(res, 0, sizeof(*res));
-	res->status = rec->state == IDEM_STATE_LEASED ? "in_progress" :
-		rec->state == IDEM_STATE_ERASED ? "erased" :
-		rec->state == IDEM_STATE_FAILED ? "failed" :
-		rec->state == IDEM_STATE_DEAD ? "dead" : "completed";
+	res->status = IdemStatusOfRecord(rec);
 	if (IDEM_STATE_IS_FAILURE(rec->state))
 	{
 		res->attempts = rec->attempts;
@@ -149,7 +146,7 @@ ResultCompleted(const IdemRecord *rec, IdemResult *res)
 
 /* A result with a status and nothing else. */
 static void
-ResultStatusOnly(const char *status, IdemResult *res)
+ResultStatusOnly(IdemStatus status, IdemResult *res)
 {
 	memset(res, 0, sizeof(*res));
 	res->status = status;
@@ -163,18 +160,27 @@ CountBeginResult(const IdemResult *res)
 {
 	IdemStatKind kind;
 
-	if (strcmp(res->status, "replay") == 0)
-		kind = IDEM_STAT_REPLAY;
-	else if (strcmp(res->status, "started") == 0)
-		kind = IDEM_STAT_STARTED;
-	else if (strcmp(res->status, "mismatch") == 0)
-		kind = IDEM_STAT_MISMATCH;
-	else if (strcmp(res->status, "erased") == 0)
-		kind = IDEM_STAT_ERASED_REPLIES;
-	else if (strcmp(res->status, "dead") == 0)
-		kind = IDEM_STAT_DEAD_REPLIES;
-	else
-		kind = IDEM_STAT_IN_PROGRESS;
+	switch (res->status)
+	{
+		case IDEM_STATUS_REPLAY:
+			kind = IDEM_STAT_REPLAY;
+			break;
+		case IDEM_STATUS_STARTED:
+			kind = IDEM_STAT_STARTED;
+			break;
+		case IDEM_STATUS_MISMATCH:
+			kind = IDEM_STAT_MISMATCH;
+			break;
+		case IDEM_STATUS_ERASED:
+			kind = IDEM_STAT_ERASED_REPLIES;
+			break;
+		case IDEM_STATUS_DEAD:
+			kind = IDEM_STAT_DEAD_REPLIES;
+			break;
+		default:
+			kind = IDEM_STAT_IN_PROGRESS;
+			break;
+	}
 	IdemStatsAdd(kind, 1);
 }
 
@@ -213,7 +219,7 @@ MakeResultDatum(IdemCallCache *cache, const IdemResult *res,
 	bool		nulls[RESULT_NATTS];
 	int			natts = cache->result_desc->natts;
 
-	all[COL_STATUS] = CStringGetTextDatum(res->status);
+	all[COL_STATUS] = CStringGetTextDatum(IdemStatusWord(res->status));
 	allnulls[COL_STATUS] = false;
 	all[COL_CODE] = Int32GetDatum(res->response_code);
 	allnulls[COL_CODE] = res->code_isnull;
@@ -271,14 +277,14 @@ StartKey(const IdemStoreOids *oids, const IdemKey *key,
 	if (IdemProbeLive(&store, key, now, &rec))
 		ResultFromRecord(&rec, fp, res);
 	else if (!IdemLockAndProbe(&store, key, wait, now, caller, &rec, &live, &stale))
-		ResultStatusOnly("in_progress", res);
+		ResultStatusOnly(IDEM_STATUS_IN_PROGRESS, res);
 	else if (live)
 		ResultFromRecord(&rec, fp, res);
 	else
 	{
 		IdemOpenKeyAdd(key, fp, now, expires_at, stale);
 		memset(res, 0, sizeof(*res));
-		res->status = "started";
+		res->status = IDEM_STATUS_STARTED;
 		res->code_isnull = true;
 		res->created_at = now;
 		res->expires_at = expires_at;
@@ -523,7 +529,7 @@ idem_call(PG_FUNCTION_ARGS)
 	StartKey(oids, &key, &fingerprint, now, expires_at, wait,
 			 "idem_call()", &res);
 	CountBeginResult(&res);
-	if (strcmp(res.status, "started") != 0)
+	if (res.status != IDEM_STATUS_STARTED)
 	{
 		IdemStatsCallEnd(&timer);
 		return MakeResultDatum(cache, &res, call_columns);
@@ -555,7 +561,7 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
 
-	res.status = "done";
+	res.status = IDEM_STATUS_DONE;
 	res.code_isnull = false;
 	res.response_code = response.code;
 	res.response_body = response.body;
@@ -634,12 +640,12 @@ idem_lookup(PG_FUNCTION_ARGS)
 		ResultCompleted(&rec, &res);
 	else if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
 	{
-		ResultStatusOnly("in_progress", &res);
+		ResultStatusOnly(IDEM_STATUS_IN_PROGRESS, &res);
 		res.times_isnull = false;
 		IdemOpenKeyTimes(open, &res.created_at, &res.expires_at);
 	}
 	else if (IdemKeyLockedByOthers(&key))
-		ResultStatusOnly("in_progress", &res);
+		ResultStatusOnly(IDEM_STATUS_IN_PROGRESS, &res);
 	else
 	{
 		/*
@@ -651,7 +657,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 		switch (IdemStoreProbe(&store, &key, &dirty, true, &rec, &xwait))
 		{
 			case IDEM_PROBE_BUSY:
-				ResultStatusOnly(rec.inserting ? "in_progress" : "absent", &res);
+				ResultStatusOnly(rec.inserting ? IDEM_STATUS_IN_PROGRESS : IDEM_STATUS_ABSENT, &res);
 				break;
 			case IDEM_PROBE_FOUND:
 				if (rec.expires_at > now)
@@ -660,10 +666,10 @@ idem_lookup(PG_FUNCTION_ARGS)
 					ResultCompleted(&rec, &res);
 				}
 				else
-					ResultStatusOnly("absent", &res);
+					ResultStatusOnly(IDEM_STATUS_ABSENT, &res);
 				break;
 			case IDEM_PROBE_ABSENT:
-				ResultStatusOnly("absent", &res);
+				ResultStatusOnly(IDEM_STATUS_ABSENT, &res);
 				break;
 		}
 	}

@@ -23,6 +23,61 @@
 #include "idem_key.h"
 #include "idem_stats.h"
 
+/* The word a result shows for a status. */
+const char *
+IdemStatusWord(IdemStatus status)
+{
+	switch (status)
+	{
+		case IDEM_STATUS_STARTED:
+			return "started";
+		case IDEM_STATUS_RESUMED:
+			return "resumed";
+		case IDEM_STATUS_REPLAY:
+			return "replay";
+		case IDEM_STATUS_MISMATCH:
+			return "mismatch";
+		case IDEM_STATUS_IN_PROGRESS:
+			return "in_progress";
+		case IDEM_STATUS_COMPLETED:
+			return "completed";
+		case IDEM_STATUS_FAILED:
+			return "failed";
+		case IDEM_STATUS_DEAD:
+			return "dead";
+		case IDEM_STATUS_ERASED:
+			return "erased";
+		case IDEM_STATUS_ABSENT:
+			return "absent";
+		case IDEM_STATUS_DONE:
+			return "done";
+	}
+	elog(ERROR, "unknown idempotency status %d", (int) status);
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * A live record's status for a caller that shows what is stored whatever
+ * the request (idem_lookup, idem_keep): a lease's is in_progress.
+ */
+IdemStatus
+IdemStatusOfRecord(const IdemRecord *rec)
+{
+	switch (rec->state)
+	{
+		case IDEM_STATE_LEASED:
+			return IDEM_STATUS_IN_PROGRESS;
+		case IDEM_STATE_ERASED:
+			return IDEM_STATUS_ERASED;
+		case IDEM_STATE_FAILED:
+			return IDEM_STATUS_FAILED;
+		case IDEM_STATE_DEAD:
+			return IDEM_STATUS_DEAD;
+		default:
+			return IDEM_STATUS_COMPLETED;
+	}
+}
+
 /* Printable key and scope for messages. */
 char *
 IdemKeyName(const IdemKey *key)

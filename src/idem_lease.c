@@ -54,7 +54,7 @@
 /* Values of the row idem_lease returns; a zero field is NULL. */
 typedef struct LeaseResult
 {
-	const char *status;
+	IdemStatus	status;
 	IdemStatKind counted_as;
 	const pg_uuid_t *token;
 	text	   *phase;
@@ -112,13 +112,13 @@ DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 {
 	if (rec->state == IDEM_STATE_ERASED)
 	{
-		res->status = "erased";
+		res->status = IDEM_STATUS_ERASED;
 		res->counted_as = IDEM_STAT_ERASED_REPLIES;
 	}
 	else if (rec->state == IDEM_STATE_DEAD)
 	{
 		/* its attempts ran out: the last recovery point and the reason */
-		res->status = "dead";
+		res->status = IDEM_STATUS_DEAD;
 		res->counted_as = IDEM_STAT_DEAD_REPLIES;
 		res->phase = rec->phase;
 		res->state = rec->phase_state;
@@ -127,12 +127,12 @@ DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 	}
 	else if (!IdemFingerprintsMatch(&rec->fingerprint, fp))
 	{
-		res->status = "mismatch";
+		res->status = IDEM_STATUS_MISMATCH;
 		res->counted_as = IDEM_STAT_MISMATCH;
 	}
 	else if (rec->state != IDEM_STATE_LEASED)
 	{
-		res->status = "replay";
+		res->status = IDEM_STATUS_REPLAY;
 		res->counted_as = IDEM_STAT_REPLAY;
 		res->code_isnull = rec->code_isnull;
 		res->response_code = rec->response_code;
@@ -142,7 +142,7 @@ DecideLive(const IdemRecord *rec, const IdemFingerprint *fp,
 	}
 	else if (rec->lease_expires_at > now)
 	{
-		res->status = "in_progress";
+		res->status = IDEM_STATUS_IN_PROGRESS;
 		res->counted_as = IDEM_STAT_IN_PROGRESS;
 	}
 	else
@@ -157,7 +157,7 @@ MakeLeaseResult(IdemCallCache *cache, const LeaseResult *res)
 	Datum		values[LEASE_RESULT_NATTS];
 	bool		nulls[LEASE_RESULT_NATTS];
 
-	values[0] = CStringGetTextDatum(res->status);
+	values[0] = CStringGetTextDatum(IdemStatusWord(res->status));
 	values[1] = UUIDPGetDatum(res->token);
 	values[2] = PointerGetDatum(res->phase);
 	values[3] = res->state;
@@ -308,7 +308,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.attempts = prior_attempts + 1;
 			IdemStoreInsert(&store, &key, &rec);
 			CommandCounterIncrement();
-			res.status = "started";
+			res.status = IDEM_STATUS_STARTED;
 			res.counted_as = IDEM_STAT_STARTED;
 			res.last_error = rec.last_error;	/* a failed key's, if it was one */
 			break;
@@ -347,7 +347,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		if (!IdemStoreUpdate(&store, &key, &rec))
 			continue;			/* a sweep took it meanwhile: look again */
 		CommandCounterIncrement();
-		res.status = "resumed";
+		res.status = IDEM_STATUS_RESUMED;
 		res.counted_as = IDEM_STAT_RESUMED;
 		res.phase = rec.phase;
 		res.state = rec.phase_state;

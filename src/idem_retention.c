@@ -97,10 +97,7 @@ idem_keep(PG_FUNCTION_ARGS)
 	if (changed)
 		IdemStatsAdd(IDEM_STAT_KEPT, 1);
 	IdemStatsCallEnd(&timer);
-	PG_RETURN_TEXT_P(cstring_to_text(rec.state == IDEM_STATE_LEASED ? "in_progress" :
-									 rec.state == IDEM_STATE_ERASED ? "erased" :
-									 rec.state == IDEM_STATE_DEAD ? "dead" :
-									 "completed"));
+	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(IdemStatusOfRecord(&rec))));
 }
 
 /*

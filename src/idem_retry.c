@@ -156,7 +156,7 @@ done:
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_FAILURES, 1);
 	IdemStatsCallEnd(&timer);
-	PG_RETURN_TEXT_P(cstring_to_text(dead ? "dead" : "failed"));
+	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(dead ? IDEM_STATUS_DEAD : IDEM_STATUS_FAILED)));
 }
 
 /*
@@ -217,7 +217,7 @@ idem_retry(PG_FUNCTION_ARGS)
 
 	IdemStatsAdd(IDEM_STAT_RETRIED, 1);
 	IdemStatsCallEnd(&timer);
-	PG_RETURN_TEXT_P(cstring_to_text(was_lease ? "in_progress" : "failed"));
+	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(was_lease ? IDEM_STATUS_IN_PROGRESS : IDEM_STATUS_FAILED)));
 }
 
 /*
