@@ -68,9 +68,6 @@ static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
  */
 #define STATS_SLOT_RETRY_MS	10000
 static TimestampTz no_slot_retry_at = 0;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 static void StatsXactCallback(XactEvent event, void *arg);
 
 PG_FUNCTION_INFO_V1(idem_stats);
@@ -84,24 +81,23 @@ StatsShmemSize(void)
 					mul_size(idem_max_databases, sizeof(IdemDbStats)));
 }
 
-static void
-StatsShmemRequest(void)
+/* Reserve the counters' shared memory and lock (idempotency.c's hook). */
+void
+IdemStatsShmemRequest(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(StatsShmemSize()));
 	RequestNamedLWLockTranche("idempotency stats", 1);
 }
 
-static void
-StatsShmemStartup(void)
+/*
+ * Create or attach to the counters' shared memory; idempotency.c's hook
+ * calls it holding AddinShmemInitLock.
+ */
+void
+IdemStatsShmemInit(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	stats_shared = ShmemInitStruct("idempotency stats", StatsShmemSize(), &found);
 	if (!found)
 	{
@@ -112,17 +108,12 @@ StatsShmemStartup(void)
 			for (int k = 0; k < IDEM_STAT_NKINDS; k++)
 				pg_atomic_init_u64(&stats_shared->dbs[i].counters[k], 0);
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /* Called from _PG_init while shared_preload_libraries is processed. */
 void
 IdemStatsInit(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = StatsShmemRequest;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = StatsShmemStartup;
 	RegisterXactCallback(StatsXactCallback, NULL);
 }
 

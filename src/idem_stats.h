@@ -59,6 +59,8 @@ typedef struct IdemWaitTimer
 } IdemWaitTimer;
 
 extern void IdemStatsInit(void);
+extern void IdemStatsShmemRequest(void);
+extern void IdemStatsShmemInit(void);
 extern void IdemStatsAdd(IdemStatKind kind, uint64 n);
 extern void IdemStatsCallEnd(IdemCallTimer *timer);
 extern void IdemStatsWaitStart(IdemWaitTimer *timer);

@@ -162,8 +162,6 @@ static SweeperShared *sweeper_shared = NULL;
 static HTAB *database_states = NULL;	/* the launcher's DatabaseState table */
 static TimestampTz no_worker_logged_at = 0;	/* rate limits of two log lines */
 static TimestampTz no_status_logged_at = 0;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 PGDLLEXPORT void idem_sweeper_launcher_main(Datum main_arg);
 PGDLLEXPORT void idem_sweeper_worker_main(Datum main_arg);
@@ -178,26 +176,23 @@ SweeperShmemSize(void)
 					mul_size(idem_max_databases, sizeof(SweepStatus)));
 }
 
-/* Reserve our shared memory and lock. */
-static void
-SweeperShmemRequest(void)
+/* Reserve the sweeper's shared memory and lock (idempotency.c's hook). */
+void
+IdemSweeperShmemRequest(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(SweeperShmemSize()));
 	RequestNamedLWLockTranche("idempotency", 1);
 }
 
-/* Create or attach to our shared memory. */
-static void
-SweeperShmemStartup(void)
+/*
+ * Create or attach to the sweeper's shared memory; idempotency.c's hook
+ * calls it holding AddinShmemInitLock.
+ */
+void
+IdemSweeperShmemInit(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	sweeper_shared = ShmemInitStruct("idempotency sweeper", SweeperShmemSize(), &found);
 	if (!found)
 	{
@@ -205,22 +200,16 @@ SweeperShmemStartup(void)
 		sweeper_shared->lock = &(GetNamedLWLockTranche("idempotency"))->lock;
 		sweeper_shared->ndbs = idem_max_databases;
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * Called from _PG_init while shared_preload_libraries is processed: ask for
- * shared memory and register the launcher.
+ * Called from _PG_init while shared_preload_libraries is processed:
+ * register the launcher.
  */
 void
 IdemSweeperInit(void)
 {
 	BackgroundWorker worker;
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = SweeperShmemRequest;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = SweeperShmemStartup;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;

@@ -6,5 +6,7 @@
 #define IDEM_SWEEPER_H
 
 extern void IdemSweeperInit(void);
+extern void IdemSweeperShmemRequest(void);
+extern void IdemSweeperShmemInit(void);
 
 #endif							/* IDEM_SWEEPER_H */
