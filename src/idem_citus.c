@@ -89,6 +89,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -411,10 +412,18 @@ IdemCitusUnfinishedHint(bool prepare)
 		"Call idem_finish() or idem_release() before COMMIT. On Citus idempotency.unfinished is read on the node that holds the key, where a SET on the coordinator does not reach: set it with ALTER ROLE ... SET on the coordinator (Citus sets it on every node), or with SET LOCAL in the transaction block while citus.propagate_set_commands is \"local\".";
 }
 
-/* Set up the hooks (in every backend that loads the library). */
+/*
+ * Set up the hooks, in a backend where Citus's library is loaded: Citus
+ * insists on coming first in shared_preload_libraries, so its settings
+ * exist by the time this library loads.  Without it, no report is Citus's
+ * to restore and no command Citus's to follow, and a server without Citus
+ * runs none of this.
+ */
 void
 IdemCitusInit(void)
 {
+	if (GetConfigOption("citus.shard_count", true, false) == NULL)
+		return;
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = RestoreGuardReport;
 	RegisterXactCallback(IdemCitusXactCallback, NULL);
