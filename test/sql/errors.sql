@@ -1,8 +1,6 @@
 --
 -- errors: every bad argument of every function, with its SQLSTATE, and
 -- every call in the wrong state.  After failing calls, nothing has changed.
--- errors_1.out is PostgreSQL 19's expected output: its 42883 ("function
--- ... does not exist") carries a detail, which try() prints.
 --
 \set SHOW_CONTEXT never
 -- runs alone or after api; starts from an empty key store
