@@ -3,8 +3,8 @@
 # on a throwaway cluster of a coordinator and two workers on this machine.
 #
 # Needs Citus installed for the server of PG_CONFIG (it is not in Debian's
-# packages; docs/citus.md says how it was built for the figures in the
-# README); without it, says so and exits 2.  The cluster: shared_preload_
+# packages; docs/citus.md says how it was built for the figures in
+# docs/benchmarks.md); without it, says so and exits 2.  The cluster: shared_preload_
 # libraries = 'citus,idempotency', synchronous_commit = off (CPU-bound, as
 # bench/scale.sh), payments distributed by a bigint tenant, the extension
 # set up with idem_citus_setup('payments').  Each round runs six pgbench

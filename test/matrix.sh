@@ -4,7 +4,7 @@
 #
 #   test/matrix.sh 18            make (or reuse) the chroot, build with -Werror,
 #                                run pg_regress, isolation and TAP there
-#   test/matrix.sh 18 REGRESS=api ISOLATION= PROVE_TESTS=
+#   test/matrix.sh 18 REGRESS=api ISOLATION= TAP_TESTS=
 #                                the same with make variables for installcheck
 #   test/matrix.sh 18 shell      a shell in the chroot, the tree in /build
 #   test/matrix.sh 18 valgrind   test/valgrind.sh there (SPECS as for it)
