@@ -2,7 +2,8 @@
  * idem_api.c
  *	  The SQL-callable functions of keys done in one transaction (begin,
  *	  finish, release, lookup, fingerprint, sweep): the status logic of
- *	  docs/specification.md, sections 4, 5 and 7.  Messages (idem_once) are idem_once.c's.
+ *	  docs/specification.md, sections 4, 5 and 7.  Messages (idem_once) are
+ *	  idem_once.c's.
  *
  * Statuses are decided here from what the key store reports and what this
  * transaction has open (idem_xact.c).  Arguments are read by idem_args.c,
@@ -541,6 +542,7 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemStatsCallResume(&timer);
 
 	IdemStoreOpen(&store, oids, true);
+
 	/*
 	 * The key as this call began it: not finished or released by the work,
 	 * nor released and begun again with another request or ttl.
@@ -649,9 +651,9 @@ idem_lookup(PG_FUNCTION_ARGS)
 	else
 	{
 		/*
-		 * A key goes from its lock to its row: looking at the lock first, then
-		 * at rows any transaction is writing, cannot miss both.  A row that
-		 * committed after our snapshot is reported as idem_begin would.
+		 * A key goes from its lock to its row: looking at the lock first,
+		 * then at rows any transaction is writing, cannot miss both.  A row
+		 * that committed after our snapshot is reported as idem_begin would.
 		 */
 		InitDirtySnapshot(dirty);
 		switch (IdemStoreProbe(&store, &key, &dirty, true, &rec, &xwait))

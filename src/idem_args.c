@@ -1,8 +1,8 @@
 /*
  * idem_args.c
  *	  The arguments of the SQL-callable functions: the call site's cache, the
- *	  NULL check, key and scope (docs/specification.md, section 2), and the intervals
- *	  (ttl, lease, extend) turned into times.
+ *	  NULL check, key and scope (docs/specification.md, section 2), and the
+ *	  intervals (ttl, lease, extend) turned into times.
  *
  * Every SQL surface (idem_api.c, idem_lease.c) reads its arguments through
  * here, so a bad argument gets the same SQLSTATE and message from every
@@ -84,12 +84,13 @@ GetResultDesc(FunctionCallInfo fcinfo)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+
 	/*
 	 * Most invalidations change nothing of the row type (any change to the
-	 * pg_proc row, or a reset of every cache): keep the one built before.
-	 * One that did change may still be in a call site of the statement
-	 * under way, so it is left, not freed; that takes an update of the
-	 * extension that redefines the function.
+	 * pg_proc row, or a reset of every cache): keep the one built before. One
+	 * that did change may still be in a call site of the statement under way,
+	 * so it is left, not freed; that takes an update of the extension that
+	 * redefines the function.
 	 */
 	if (entry->desc == NULL || !equalTupleDescs(entry->desc, desc))
 	{
@@ -133,7 +134,8 @@ IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
 
 /*
  * A text argument of at most maxlen bytes, not NULL, and not empty unless
- * allow_empty: a key or scope (docs/specification.md, section 2), a phase, an error.
+ * allow_empty: a key or scope (docs/specification.md, section 2), a phase, an
+ * error.
  */
 text *
 IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
@@ -163,7 +165,7 @@ IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 			   IdemKey *key)
 {
 	key->key = IdemGetTextArg(fcinfo, key_argno, "idempotency key",
-						  IDEM_KEY_MAX_LEN, false);
+							  IDEM_KEY_MAX_LEN, false);
 	key->scope = IdemGetScopeArg(fcinfo, scope_argno);
 	key->hash = IdemKeyHash(key->scope, key->key);
 }
@@ -173,7 +175,7 @@ text *
 IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
 {
 	return IdemGetTextArg(fcinfo, scope_argno, "idempotency scope",
-					  IDEM_SCOPE_MAX_LEN, true);
+						  IDEM_SCOPE_MAX_LEN, true);
 }
 
 /*

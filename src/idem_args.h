@@ -23,7 +23,7 @@ typedef struct IdemCallCache
 extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row);
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern text *IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
-							 int maxlen, bool allow_empty);
+							int maxlen, bool allow_empty);
 extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
 						   int scope_argno, IdemKey *key);
 extern text *IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno);
@@ -33,13 +33,14 @@ extern const IdemStoreOids *IdemCallStoreForScope(IdemCallCache *cache,
 												  text **scope,
 												  IdemStoreOids *shard);
 extern TimestampTz IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno,
-									 TimestampTz now);
+									TimestampTz now);
 extern TimestampTz IdemOperatorBound(TimestampTz now, int bound_s);
 extern void IdemCheckOperatorBound(TimestampTz now, TimestampTz until,
 								   const char *what, const char *setting,
 								   int bound_s);
 extern TimestampTz IdemGetExpiry(FunctionCallInfo fcinfo, int argno,
 								 const char *what, TimestampTz now);
+
 /* The largest max_attempts. */
 #define IDEM_MAX_ATTEMPTS 1000000
 

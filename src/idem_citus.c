@@ -120,13 +120,14 @@
 
 /*
  * Is Citus installed in this database?  Asked on every call, so kept; any
- * relation created or dropped (CREATE EXTENSION citus makes dozens) forgets it.
+ * relation created or dropped (CREATE EXTENSION citus makes dozens) forgets
+ * it.
  */
 static struct
 {
 	bool		valid;
 	bool		present;
-} citus_state;
+}			citus_state;
 
 static void
 ForgetCitusState(Datum arg, int cacheid, uint32 hashvalue)
@@ -162,7 +163,7 @@ static struct
 	bool		seen;
 	char		message[512];
 	char		hint[1024];
-} relayed_guard;
+}			relayed_guard;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -628,7 +629,7 @@ static struct
 	Oid			outfunc;
 	FmgrInfo	hash;			/* the type's hash function */
 	MemoryContext cxt;
-} shard_map;
+}			shard_map;
 
 static void
 ForgetShardMap(Datum arg, Oid relid)
@@ -1072,9 +1073,9 @@ IdemCitusStoreFor(const IdemStoreOids *local, text **scope,
 	/*
 	 * What Citus's writers take; a move or split takes ExclusiveLock.  Once
 	 * the lock is ours, a move or split that held it has committed, and its
-	 * invalidations came before the lock did: read the map again if they
-	 * made it stale, and look again.  A split may give the tenant a shard
-	 * of another index, whose lock is taken in turn.
+	 * invalidations came before the lock did: read the map again if they made
+	 * it stale, and look again.  A split may give the tenant a shard of
+	 * another index, whose lock is taken in turn.
 	 */
 	for (int tries = 0;; tries++)
 	{

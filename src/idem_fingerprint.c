@@ -1,6 +1,7 @@
 /*
  * idem_fingerprint.c
- *	  SHA-256 fingerprints of request bodies (docs/specification.md, section 3).
+ *	  SHA-256 fingerprints of request bodies: docs/specification.md,
+ *	  section 3.
  *
  * text and bytea bodies are hashed as their exact bytes, so a client can
  * compute the same digest with any SHA-256 library.  jsonb bodies are hashed

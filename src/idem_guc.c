@@ -4,12 +4,12 @@
  *
  * idempotency.unfinished decides what COMMIT and PREPARE TRANSACTION do with
  * a key that was begun but neither finished nor released
- * (docs/specification.md, section 4.3).  The sweeper settings are read by the background worker and reloadable
- * with SIGHUP.  idempotency.track_stats turns the idem_stats counters off
- * (superuser only, as pg_stat_statements.track is); idempotency.track_timing
- * also times every call (off by default and superuser only, as
- * track_io_timing is: reading the clock twice a call is the one cost
- * bench/overhead.sh measures).
+ * (docs/specification.md, section 4.3).  The sweeper settings are read by the
+ * background worker and reloadable with SIGHUP.  idempotency.track_stats turns
+ * the idem_stats counters off (superuser only, as pg_stat_statements.track
+ * is); idempotency.track_timing also times every call (off by default and
+ * superuser only, as track_io_timing is: reading the clock twice a call is the
+ * one cost bench/overhead.sh measures).
  *
  * idempotency.max_ttl, idempotency.max_lease and
  * idempotency.max_response_size are an operator's bounds on what any call

@@ -9,7 +9,7 @@ typedef enum IdemUnfinishedAction
 {
 	IDEM_UNFINISHED_ERROR,
 	IDEM_UNFINISHED_RELEASE
-}			IdemUnfinishedAction;
+} IdemUnfinishedAction;
 
 extern int	idem_unfinished_action;
 extern bool idem_sweeper_enabled;

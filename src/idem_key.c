@@ -131,9 +131,9 @@ IdemCheckRecordVisible(const IdemRecord *rec, const IdemKey *key)
  * if !wait, return IDEM_PROBE_BUSY at once.  Otherwise IDEM_PROBE_FOUND
  * for a live record, IDEM_PROBE_ABSENT for none.  An expired record, one
  * a sweeper is deleting, or a failed key's (the next attempt may start:
- * idem_retry.c) counts as none, and *stale then says the caller must clear
- * it before inserting (IdemClearExpiredRecord); rec is that record.  With the key's
- * lock held, nobody else can change the record after the wait.
+ * idem_retry.c) counts as none, and *stale then says the caller must clear it
+ * before inserting (IdemClearExpiredRecord); rec is that record.  With the
+ * key's lock held, nobody else can change the record after the wait.
  *
  * A caller that holds the key's lock (key_locked) lets it go while it waits
  * and takes it again before probing again: the transaction waited for may
@@ -288,8 +288,8 @@ IdemDescribeKeyState(IdemStore *store, const IdemKey *key, IdemOpenKey *open)
  */
 bool
 IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
-			 TimestampTz now, const char *caller, IdemRecord *rec,
-			 bool *live, bool *stale)
+				 TimestampTz now, const char *caller, IdemRecord *rec,
+				 bool *live, bool *stale)
 {
 	if (!IdemKeyLock(key, wait))
 		return false;
@@ -318,7 +318,7 @@ IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
  */
 bool
 IdemProbeLive(IdemStore *store, const IdemKey *key, TimestampTz now,
-		  IdemRecord *rec)
+			  IdemRecord *rec)
 {
 	SnapshotData dirty;
 	TransactionId xwait;

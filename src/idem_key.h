@@ -43,6 +43,7 @@ extern void IdemClearExpiredRecord(IdemStore *store, const IdemKey *key,
 extern bool IdemLockAndProbe(IdemStore *store, const IdemKey *key, bool wait,
 							 TimestampTz now, const char *caller,
 							 IdemRecord *rec, bool *live, bool *stale);
+
 /*
  * The record a probe reported as stale (absent) is a failed key's that is
  * still live: its next attempt may start, but its attempts count on.

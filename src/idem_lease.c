@@ -102,8 +102,8 @@ ProbeSettled(IdemStore *store, const IdemKey *key, TimestampTz now,
 }
 
 /*
- * Decide idem_lease's result for a live record, if it needs no change:
- * erased, dead, mismatch, replay, or in_progress while the lease runs.  Returns false
+ * Decide idem_lease's result for a live record, if it needs no change: erased,
+ * dead, mismatch, replay, or in_progress while the lease runs.  Returns false
  * when the lease has run out and the caller should take the key over.
  */
 static bool
@@ -310,7 +310,8 @@ idem_lease(PG_FUNCTION_ARGS)
 			CommandCounterIncrement();
 			res.status = IDEM_STATUS_STARTED;
 			res.counted_as = IDEM_STAT_STARTED;
-			res.last_error = rec.last_error;	/* a failed key's, if it was one */
+			res.last_error = rec.last_error;	/* a failed key's, if it was
+												 * one */
 			break;
 		}
 		IdemCheckRecordVisible(&rec, &key);
@@ -318,9 +319,9 @@ idem_lease(PG_FUNCTION_ARGS)
 			break;
 
 		/*
-		 * The lease ran out.  If that was the last attempt the caller (or
-		 * an earlier one) allows, the key is dead: it keeps its recovery
-		 * point, and nothing takes it over again (idem_retry.c).
+		 * The lease ran out.  If that was the last attempt the caller (or an
+		 * earlier one) allows, the key is dead: it keeps its recovery point,
+		 * and nothing takes it over again (idem_retry.c).
 		 */
 		if (max_attempts > 0)
 			rec.max_attempts = max_attempts;
@@ -470,6 +471,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		RequireLease(&store, &key, token, "checkpoint", now, &rec);
 		rec.phase = phase;
 		rec.phase_state = state;
+
 		/*
 		 * A lease taken before 0.3.0 may be longer than 0.3.0 accepts; it
 		 * runs to the key's ttl, which caps every lease anyway.

@@ -1,7 +1,8 @@
 /*
  * idem_once.c
- *	  Consumers of at-least-once messages (docs/specification.md, section 8): idem_once
- *	  for one message id, idem_once_batch for the ids of a whole batch.
+ *	  Consumers of at-least-once messages (docs/specification.md, section 8):
+ *	  idem_once for one message id, idem_once_batch for the ids of a whole
+ *	  batch.
  *
  * A message id's record is a completed key with no request and no
  * response, committed or rolled back with the consumer's own writes.  The

@@ -121,7 +121,7 @@ IsRefusedCodePoint(pg_wchar cp)
 {
 	return (cp >= 0x80 && cp <= 0x9f) ||
 		cp == 0x2028 || cp == 0x2029 ||
-		/* Unicode's Bidi_Control: marks, embeddings, overrides, isolates */
+	/* Unicode's Bidi_Control: marks, embeddings, overrides, isolates */
 		cp == 0x061c || cp == 0x200e || cp == 0x200f ||
 		(cp >= 0x202a && cp <= 0x202e) ||
 		(cp >= 0x2066 && cp <= 0x2069);

@@ -85,14 +85,14 @@ static struct
 	int			nrules;
 	ScopeRule  *rules;
 	MemoryContext cxt;
-} scope_rules;
+}			scope_rules;
 
 /* Whether the role last asked about is bound by the rules. */
 static struct
 {
 	Oid			userid;			/* InvalidOid: nobody asked yet */
 	bool		unbound;
-} bound_role;
+}			bound_role;
 
 static void
 ForgetRules(Datum arg, Oid relid)

@@ -39,7 +39,8 @@
 #include "idem_guc.h"
 #include "idem_stats.h"
 
-#define STATS_COLUMNS		(3 + IDEM_STAT_NKINDS)	/* datid, datname, ..., stats_reset */
+#define STATS_COLUMNS		(3 + IDEM_STAT_NKINDS)	/* datid, datname, ...,
+													 * stats_reset */
 /* The columns of idem_stats before version 0.4.0 added kinds. */
 #define STATS_KINDS_0_2		(IDEM_STAT_KEYS_SWEPT + 1)
 
@@ -62,8 +63,8 @@ bool		idem_call_waited = false;
 static IdemDbStats *my_db_stats = NULL; /* this backend's database's slot */
 
 /*
- * When every slot belongs to a live database, this backend's database is
- * not counted; looking for a slot again (a catalog lookup a slot) is left until
+ * When every slot belongs to a live database, this backend's database is not
+ * counted; looking for a slot again (a catalog lookup a slot) is left until
  * this time, so that an uncounted database does not pay for it on every call.
  */
 #define STATS_SLOT_RETRY_MS	10000
@@ -294,7 +295,11 @@ IdemStatsWaitEnd(IdemWaitTimer *timer)
 
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, timer->start);
-	/* a call that waits for the lock, then for the row, is one call that waited */
+
+	/*
+	 * a call that waits for the lock, then for the row, is one call that
+	 * waited
+	 */
 	if (!idem_call_waited)
 		IdemStatsAdd(IDEM_STAT_KEY_WAITS, 1);
 	idem_call_waited = true;

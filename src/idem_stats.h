@@ -22,7 +22,8 @@ typedef enum IdemStatKind
 	IDEM_STAT_CHECKPOINTS,
 	IDEM_STAT_ONCE_TRUE,
 	IDEM_STAT_ONCE_FALSE,
-	IDEM_STAT_STALE_TOKENS,		/* calls refused for a token that lost its lease */
+	IDEM_STAT_STALE_TOKENS,		/* calls refused for a token that lost its
+								 * lease */
 	IDEM_STAT_KEYS_SWEPT,
 	/* from version 0.4.0 */
 	IDEM_STAT_ERASED,			/* keys erased (idem_erase, idem_erase_scope) */

@@ -182,6 +182,7 @@ ResolveInSchema(Oid nspid, IdemStoreOids *oids)
 	CheckStoreIndex(oids->pkey, oids->heap);
 	oids->expiry = LookupStoreRelation(IDEM_EXPIRY_NAME, nspid);
 	CheckStoreIndex(oids->expiry, oids->heap);
+
 	/*
 	 * Absent until the extension is updated to 0.2.0; anything else of that
 	 * name (a squatter's index, see IsStoreIndex) is not ours and is left
@@ -266,7 +267,7 @@ static struct
 	uint64		invalidations;	/* counted, for a lookup that one overtook */
 	Oid			nspid;
 	IdemStoreOids oids;
-} resolved_store;
+}			resolved_store;
 
 static void
 ForgetResolvedStore(Datum arg, Oid relid)
@@ -517,6 +518,13 @@ IdemStoreRequireLeases(IdemStore *store)
 				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
 }
 
+/* A detoasted copy of a column of the slot, in the current context. */
+static inline Datum
+CopyColumn(TupleTableSlot *slot, int attnum)
+{
+	return PointerGetDatum(PG_DETOAST_DATUM_COPY(slot->tts_values[attnum - 1]));
+}
+
 /* Copy the tuple in the store's slot into rec. */
 static void
 ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
@@ -563,8 +571,7 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	rec->body_isnull = slot->tts_isnull[Anum_response_body - 1];
 	rec->response_body = (Datum) 0;
 	if (want_body && !rec->body_isnull)
-		rec->response_body = PointerGetDatum(
-			PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_body - 1]));
+		rec->response_body = CopyColumn(slot, Anum_response_body);
 
 	/* the headers and byte body; a table from before 0.4.0 has none */
 	rec->response_headers = (Datum) 0;
@@ -572,11 +579,9 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	if (want_body && slot->tts_nvalid >= Natts_idem_keys)
 	{
 		if (!slot->tts_isnull[Anum_response_headers - 1])
-			rec->response_headers = PointerGetDatum(
-				PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_headers - 1]));
+			rec->response_headers = CopyColumn(slot, Anum_response_headers);
 		if (!slot->tts_isnull[Anum_response_bytes - 1])
-			rec->response_bytes = PointerGetDatum(
-				PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_response_bytes - 1]));
+			rec->response_bytes = CopyColumn(slot, Anum_response_bytes);
 	}
 
 	/*
@@ -615,8 +620,7 @@ ReadRecord(IdemStore *store, bool want_body, IdemRecord *rec)
 	if (want_body && !slot->tts_isnull[Anum_phase - 1])
 		rec->phase = DatumGetTextPCopy(slot->tts_values[Anum_phase - 1]);
 	if (want_body && !slot->tts_isnull[Anum_phase_state - 1])
-		rec->phase_state = PointerGetDatum(
-			PG_DETOAST_DATUM_COPY(slot->tts_values[Anum_phase_state - 1]));
+		rec->phase_state = CopyColumn(slot, Anum_phase_state);
 }
 
 /*
@@ -859,7 +863,10 @@ FormRecordTuple(IdemStore *store, const IdemKey *key, const IdemRecord *rec)
 	}
 	if (RelationGetDescr(store->heap)->natts >= Natts_idem_keys_0_2)
 	{
-		/* every key that had attempts keeps their count (a finished lease too) */
+		/*
+		 * every key that had attempts keeps their count (a finished lease
+		 * too)
+		 */
 		values[Anum_attempts - 1] = Int32GetDatum(rec->attempts);
 		nulls[Anum_attempts - 1] = (rec->attempts == 0);
 	}
@@ -1177,8 +1184,8 @@ StoreIndexInfo(Relation index)
 
 			foreach(lc, ii->ii_Expressions)
 				ii->ii_ExpressionsState =
-					lappend(ii->ii_ExpressionsState,
-							ExecInitExpr(expression_planner((Expr *) lfirst(lc)), NULL));
+				lappend(ii->ii_ExpressionsState,
+						ExecInitExpr(expression_planner((Expr *) lfirst(lc)), NULL));
 		}
 		MemoryContextSwitchTo(old);
 		if (index_info_invalidations != before)
@@ -1527,8 +1534,8 @@ SweepOpenStore(IdemStore *store, Relation expiry, int64 batch,
 
 	/*
 	 * What one row's checks allocate (GetLockConflicts() takes
-	 * MaxBackends-sized arrays) goes into a context reset for every row, so
-	 * a batch of a million rows costs the memory of one.
+	 * MaxBackends-sized arrays) goes into a context reset for every row, so a
+	 * batch of a million rows costs the memory of one.
 	 */
 	row_cxt = AllocSetContextCreate(CurrentMemoryContext,
 									"idempotency sweep row",

@@ -22,10 +22,10 @@
 
 /* Values of idem_keys.state. */
 #define IDEM_STATE_COMPLETED	'c'
-#define IDEM_STATE_LEASED		'p'	/* committed while its work goes on */
-#define IDEM_STATE_ERASED		'e'	/* erased: the key stays, nothing else */
-#define IDEM_STATE_FAILED		'f'	/* attempts failed; the next may start */
-#define IDEM_STATE_DEAD			'd'	/* attempts ran out: nothing starts again */
+#define IDEM_STATE_LEASED		'p' /* committed while its work goes on */
+#define IDEM_STATE_ERASED		'e' /* erased: the key stays, nothing else */
+#define IDEM_STATE_FAILED		'f' /* attempts failed; the next may start */
+#define IDEM_STATE_DEAD			'd' /* attempts ran out: nothing starts again */
 
 /* A state that idem_keys_failures indexes. */
 #define IDEM_STATE_IS_FAILURE(s) ((s) == IDEM_STATE_FAILED || (s) == IDEM_STATE_DEAD)
@@ -69,7 +69,7 @@ typedef struct IdemRecord
 	/* the lease and its last recovery point */
 	pg_uuid_t	lease_token;
 	TimestampTz lease_expires_at;
-	Interval	lease_duration;	/* all zero for none: not a lease's */
+	Interval	lease_duration; /* all zero for none: not a lease's */
 	int32		attempts;
 	text	   *phase;			/* NULL for none (or not asked for) */
 	Datum		phase_state;	/* detoasted copy, or 0 */
@@ -105,9 +105,9 @@ typedef struct IdemStoreOids
 	Oid			nspid;			/* the extension's schema */
 
 	/*
-	 * On Citus, a shard of idem_tenant_keys: its last column is
-	 * the tenant, the call's scope as a value of the tenant column's type,
-	 * and the primary key is (scope, key, tenant).
+	 * On Citus, a shard of idem_tenant_keys: its last column is the tenant,
+	 * the call's scope as a value of the tenant column's type, and the
+	 * primary key is (scope, key, tenant).
 	 */
 	bool		is_shard;
 	int64		shardid;
@@ -154,7 +154,8 @@ typedef struct IdemStore
 	bool		indexes_open;	/* ExecOpenIndices done (inserts, updates) */
 	bool		fire_triggers;	/* the table has row triggers to fire */
 	bool		check_constraints;	/* a constraint could refuse a record */
-	uint8		checked;		/* the CmdTypes whose triggers and rules were checked */
+	uint8		checked;		/* the CmdTypes whose triggers and rules were
+								 * checked */
 } IdemStore;
 
 extern uint64 IdemKeyHash(const text *scope, const text *key);

@@ -160,7 +160,7 @@ StaticAssertDecl(sizeof(WorkerArgs) <= BGW_EXTRALEN, "WorkerArgs must fit in bgw
 
 static SweeperShared *sweeper_shared = NULL;
 static HTAB *database_states = NULL;	/* the launcher's DatabaseState table */
-static TimestampTz no_worker_logged_at = 0;	/* rate limits of two log lines */
+static TimestampTz no_worker_logged_at = 0; /* rate limits of two log lines */
 static TimestampTz no_status_logged_at = 0;
 
 PGDLLEXPORT void idem_sweeper_launcher_main(Datum main_arg);
@@ -412,7 +412,8 @@ StartWorker(SweepTarget *target, int i, RunningWorker *running)
 	if (state->resume.valid &&
 		TimestampDifferenceExceeds(state->resume_since, GetCurrentTimestamp(),
 								   idem_sweep_interval_ms))
-		state->resume.valid = false;	/* from the start again, once an interval */
+		state->resume.valid = false;	/* from the start again, once an
+										 * interval */
 	if (!state->resume.valid)
 		state->resume_since = GetCurrentTimestamp();
 	args.resume = state->resume;
@@ -504,10 +505,10 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	else if (!DatabaseLockFree(target->dboid))
 	{
 		/*
-		 * It was started just before another transaction took the
-		 * database's lock, and gave up connecting (lock_timeout, which it
-		 * sets before connecting): the visit was skipped, as one started a
-		 * moment later would have been.
+		 * It was started just before another transaction took the database's
+		 * lock, and gave up connecting (lock_timeout, which it sets before
+		 * connecting): the visit was skipped, as one started a moment later
+		 * would have been.
 		 */
 		strlcpy(error, SKIPPED_LOCKED_MSG, sizeof(error));
 	}
@@ -537,9 +538,9 @@ HarvestWorker(RunningWorker *running, int i, int *no_slot)
 	/*
 	 * A database with more to do resumes where this worker stopped, in the
 	 * next pass; one that got to the end (or failed) starts from the
-	 * beginning next time, so that rows skipped on the way are seen again.
-	 * A worker that learnt nothing (DDL held the store, or it was stopped
-	 * for its timeout) leaves the position as it was.
+	 * beginning next time, so that rows skipped on the way are seen again. A
+	 * worker that learnt nothing (DDL held the store, or it was stopped for
+	 * its timeout) leaves the position as it was.
 	 */
 	more = report.finished && report.more && error[0] == '\0';
 	state = hash_search(database_states, &target->dboid, HASH_FIND, NULL);
@@ -850,6 +851,7 @@ static const struct
 	const char *name;
 	const char *value;
 }			pinned_settings[] =
+
 {
 	{"search_path", "pg_catalog, pg_temp"},
 	{"default_transaction_isolation", "read committed"},
@@ -953,8 +955,8 @@ SweepThisDatabase(void)
 			 * they run as the table's owner in a security-restricted
 			 * operation, as VACUUM runs a table's index expressions, and
 			 * settings they change are undone with the batch.  Where the
-			 * owner is a superuser, IdemStoreSweep refuses to fire them.
-			 * An error restores the user and the settings.
+			 * owner is a superuser, IdemStoreSweep refuses to fire them. An
+			 * error restores the user and the settings.
 			 */
 			GetUserIdAndSecContext(&save_userid, &save_sec_context);
 			SetUserIdAndSecContext(IdemStoreOwner(&oids),
@@ -1007,12 +1009,12 @@ idem_sweeper_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	/*
-	 * Connecting waits for the database's lock without end: an ALTER
-	 * DATABASE ... RENAME that its owner keeps open, taken between the
-	 * launcher's look at the lock (DatabaseLockFree) and this connection,
-	 * would hold the worker, and its place, until sweep_worker_timeout.
-	 * Give up after the same lock_timeout the visit runs with; the launcher
-	 * records the visit as skipped.
+	 * Connecting waits for the database's lock without end: an ALTER DATABASE
+	 * ... RENAME that its owner keeps open, taken between the launcher's look
+	 * at the lock (DatabaseLockFree) and this connection, would hold the
+	 * worker, and its place, until sweep_worker_timeout. Give up after the
+	 * same lock_timeout the visit runs with; the launcher records the visit
+	 * as skipped.
 	 */
 	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);

@@ -318,9 +318,9 @@ KeyTagName(const IdemKeyTag *tag)
 }
 
 /*
- * The commit guard (docs/specification.md, section 4.3): at COMMIT or PREPARE, a key that
- * is still only begun is an error, or with idempotency.unfinished = release
- * is let go.
+ * The commit guard (docs/specification.md, section 4.3): at COMMIT or PREPARE,
+ * a key that is still only begun is an error, or with idempotency.unfinished =
+ * release is let go.
  */
 static void
 CheckUnfinishedKeys(bool prepare)
