@@ -301,25 +301,18 @@ StartKey(const IdemStoreOids *oids, const IdemKey *key,
 static Datum
 BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 {
-	IdemCallTimer timer;
+	IdemCall	call;
 	IdemFingerprint fingerprint;
 	const IdemFingerprint *fp = &fingerprint;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemKey		key;
 	TimestampTz expires_at;
 	bool		wait;
 	IdemResult	res;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
+	IdemCallBeginKey(&call, fcinfo, true, 0, 2);
+	expires_at = IdemGetTtlExpiry(fcinfo, 3, call.now);
 	IdemRequireArg(fcinfo, 4, "wait");
 	wait = PG_GETARG_BOOL(4);
-	IdemCheckNotOpen(&key, "begin");
+	IdemCheckNotOpen(&call.key, "begin");
 
 	fingerprint.isnull = PG_ARGISNULL(1);
 	fingerprint.kind = kind == IDEM_BODY_JSONB ? IDEM_FP_KIND_JSONB : IDEM_FP_KIND_BYTES;
@@ -334,10 +327,10 @@ BeginKey(FunctionCallInfo fcinfo, IdemBodyKind kind)
 							 fingerprint.bytes);
 	}
 
-	StartKey(oids, &key, fp, now, expires_at, wait, "idem_begin()", &res);
+	StartKey(call.oids, &call.key, fp, call.now, expires_at, wait, "idem_begin()", &res);
 	CountBeginResult(&res);
-	IdemStatsCallEnd(&timer);
-	return MakeResultDatum(cache, &res, begin_columns);
+	IdemStatsCallEnd(&call.timer);
+	return MakeResultDatum(call.cache, &res, begin_columns);
 }
 
 /*
@@ -422,11 +415,7 @@ FinishBegunKey(IdemStore *store, const IdemKey *key, IdemOpenKey *open,
 Datum
 idem_finish(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	IdemKey		key;
+	IdemCall	call;
 	int32		code;
 	Datum		body = (Datum) 0;
 	Datum		headers = (Datum) 0;
@@ -434,9 +423,7 @@ idem_finish(PG_FUNCTION_ARGS)
 	IdemOpenKey *open;
 	IdemStore	store;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 3, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, false, 0, 3);
 	IdemRequireArg(fcinfo, 1, "response code");
 	code = PG_GETARG_INT32(1);
 	IdemCheckResponseCode(code);
@@ -458,20 +445,20 @@ idem_finish(PG_FUNCTION_ARGS)
 
 	IdemCheckResponseSize(body, headers, bytes);
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
-		IdemLeaseFinish(&store, &key, PG_GETARG_UUID_P(4), code, body,
+		IdemLeaseFinish(&store, &call.key, PG_GETARG_UUID_P(4), code, body,
 						headers, bytes);
 	else
 	{
-		open = RequireBegunKey(&store, &key, "finish");
+		open = RequireBegunKey(&store, &call.key, "finish");
 		PreventCommandIfReadOnly("idem_finish()");
-		FinishBegunKey(&store, &key, open, code, body, headers, bytes);
+		FinishBegunKey(&store, &call.key, open, code, body, headers, bytes);
 	}
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_VOID();
 }
 
@@ -488,13 +475,8 @@ idem_finish(PG_FUNCTION_ARGS)
 Datum
 idem_call(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	IdemCall	call;
 	IdemFingerprint fingerprint;
-	IdemKey		key;
 	TimestampTz expires_at;
 	bool		wait;
 	IdemWork   *work;
@@ -505,20 +487,18 @@ idem_call(PG_FUNCTION_ARGS)
 	IdemStore	store;
 	IdemResult	res;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 3, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, true, 0, 3);
 	IdemRequireArg(fcinfo, 2, "work");
-	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
+	expires_at = IdemGetTtlExpiry(fcinfo, 4, call.now);
 	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
-	IdemCheckNotOpen(&key, "begin");
+	IdemCheckNotOpen(&call.key, "begin");
 
 	/* a work function idem_call may not run changes nothing */
-	if (cache->extra == NULL)
-		cache->extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
-											  sizeof(IdemWork));
-	work = (IdemWork *) cache->extra;
+	if (call.cache->extra == NULL)
+		call.cache->extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
+												   sizeof(IdemWork));
+	work = (IdemWork *) call.cache->extra;
 	IdemWorkPrepare(work, PG_GETARG_OID(2), fcinfo->flinfo->fn_oid,
 					fcinfo->flinfo->fn_mcxt);
 
@@ -527,38 +507,38 @@ idem_call(PG_FUNCTION_ARGS)
 	if (!fingerprint.isnull)
 		IdemFingerprintJsonb(PG_GETARG_JSONB_P(1), fingerprint.bytes);
 
-	StartKey(oids, &key, &fingerprint, now, expires_at, wait,
+	StartKey(call.oids, &call.key, &fingerprint, call.now, expires_at, wait,
 			 "idem_call()", &res);
 	CountBeginResult(&res);
 	if (res.status != IDEM_STATUS_STARTED)
 	{
-		IdemStatsCallEnd(&timer);
-		return MakeResultDatum(cache, &res, call_columns);
+		IdemStatsCallEnd(&call.timer);
+		return MakeResultDatum(call.cache, &res, call_columns);
 	}
 
 	/* StartKey refused a new key in a read-only transaction (25006) */
-	IdemStatsCallPause(&timer);
+	IdemStatsCallPause(&call.timer);
 	IdemWorkRun(work, PG_GETARG_DATUM(1), PG_ARGISNULL(1), &response);
-	IdemStatsCallResume(&timer);
+	IdemStatsCallResume(&call.timer);
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 
 	/*
 	 * The key as this call began it: not finished or released by the work,
 	 * nor released and begun again with another request or ttl.
 	 */
-	open = IdemOpenKeyFind(&key);
+	open = IdemOpenKeyFind(&call.key);
 	if (open != NULL)
 		IdemOpenKeyTimes(open, &created_at, &open_expires_at);
 	if (open == NULL || IdemOpenKeyState(open) != IDEM_OPEN_BEGUN ||
 		!IdemFingerprintsMatch(IdemOpenKeyFingerprint(open), &fingerprint) ||
-		created_at != now || open_expires_at != expires_at)
+		created_at != call.now || open_expires_at != expires_at)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("work function %s finished, released or began again idempotency key %s",
-						format_procedure(work->funcid), IdemKeyName(&key)),
+						format_procedure(work->funcid), IdemKeyName(&call.key)),
 				 errhint("idem_call() finishes the key with the response the work returns; the work must leave it alone.")));
-	FinishBegunKey(&store, &key, open, response.code, response.body,
+	FinishBegunKey(&store, &call.key, open, response.code, response.body,
 				   response.headers, (Datum) 0);
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_FINISHES, 1);
@@ -568,8 +548,8 @@ idem_call(PG_FUNCTION_ARGS)
 	res.response_code = response.code;
 	res.response_body = response.body;
 	res.response_headers = response.headers;
-	IdemStatsCallEnd(&timer);
-	return MakeResultDatum(cache, &res, call_columns);
+	IdemStatsCallEnd(&call.timer);
+	return MakeResultDatum(call.cache, &res, call_columns);
 }
 
 /*
@@ -580,33 +560,27 @@ idem_call(PG_FUNCTION_ARGS)
 Datum
 idem_release(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	IdemKey		key;
+	IdemCall	call;
 	IdemOpenKey *open;
 	IdemStore	store;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
 	{
-		IdemStoreOpen(&store, oids, true);
-		IdemLeaseRelease(&store, &key, PG_GETARG_UUID_P(2));
+		IdemStoreOpen(&store, call.oids, true);
+		IdemLeaseRelease(&store, &call.key, PG_GETARG_UUID_P(2));
 		IdemStoreClose(&store);
 	}
 	else
 	{
-		IdemStoreOpen(&store, oids, false);
-		open = RequireBegunKey(&store, &key, "release");
+		IdemStoreOpen(&store, call.oids, false);
+		open = RequireBegunKey(&store, &call.key, "release");
 		IdemStoreClose(&store);
-		IdemOpenKeyClose(open, &key, IDEM_OPEN_RELEASED);
+		IdemOpenKeyClose(open, &call.key, IDEM_OPEN_RELEASED);
 	}
 
 	IdemStatsAdd(IDEM_STAT_RELEASES, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_VOID();
 }
 
@@ -618,12 +592,7 @@ idem_release(PG_FUNCTION_ARGS)
 Datum
 idem_lookup(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemKey		key;
+	IdemCall	call;
 	IdemStore	store;
 	IdemRecord	rec;
 	IdemResult	res;
@@ -631,14 +600,12 @@ idem_lookup(PG_FUNCTION_ARGS)
 	TransactionId xwait;
 	SnapshotData dirty;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	open = IdemOpenKeyFind(&key);
+	IdemCallBeginKey(&call, fcinfo, true, 0, 1);
+	open = IdemOpenKeyFind(&call.key);
 
-	IdemStoreOpen(&store, oids, false);
-	if (IdemStoreProbe(&store, &key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
-		rec.expires_at > now)
+	IdemStoreOpen(&store, call.oids, false);
+	if (IdemStoreProbe(&store, &call.key, GetActiveSnapshot(), true, &rec, &xwait) == IDEM_PROBE_FOUND &&
+		rec.expires_at > call.now)
 		ResultCompleted(&rec, &res);
 	else if (open != NULL && IdemOpenKeyState(open) == IDEM_OPEN_BEGUN)
 	{
@@ -646,7 +613,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 		res.times_isnull = false;
 		IdemOpenKeyTimes(open, &res.created_at, &res.expires_at);
 	}
-	else if (IdemKeyLockedByOthers(&key))
+	else if (IdemKeyLockedByOthers(&call.key))
 		ResultStatusOnly(IDEM_STATUS_IN_PROGRESS, &res);
 	else
 	{
@@ -656,15 +623,15 @@ idem_lookup(PG_FUNCTION_ARGS)
 		 * that committed after our snapshot is reported as idem_begin would.
 		 */
 		InitDirtySnapshot(dirty);
-		switch (IdemStoreProbe(&store, &key, &dirty, true, &rec, &xwait))
+		switch (IdemStoreProbe(&store, &call.key, &dirty, true, &rec, &xwait))
 		{
 			case IDEM_PROBE_BUSY:
 				ResultStatusOnly(rec.inserting ? IDEM_STATUS_IN_PROGRESS : IDEM_STATUS_ABSENT, &res);
 				break;
 			case IDEM_PROBE_FOUND:
-				if (rec.expires_at > now)
+				if (rec.expires_at > call.now)
 				{
-					IdemCheckRecordVisible(&rec, &key);
+					IdemCheckRecordVisible(&rec, &call.key);
 					ResultCompleted(&rec, &res);
 				}
 				else
@@ -677,8 +644,8 @@ idem_lookup(PG_FUNCTION_ARGS)
 	}
 	IdemStoreClose(&store);
 
-	IdemStatsCallEnd(&timer);
-	return MakeResultDatum(cache, &res, begin_columns);
+	IdemStatsCallEnd(&call.timer);
+	return MakeResultDatum(call.cache, &res, begin_columns);
 }
 
 /* Return a fingerprint as a bytea. */

@@ -122,6 +122,35 @@ IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row)
 	return cache;
 }
 
+/*
+ * Begin a call on the key and scope of the given arguments: the timer runs
+ * from here, and a bad key or scope, or a scope another role owns, is
+ * refused before anything is read.
+ */
+void
+IdemCallBeginKey(IdemCall *call, FunctionCallInfo fcinfo, bool returns_row,
+				 int key_argno, int scope_argno)
+{
+	call->cache = IdemGetCallCache(fcinfo, returns_row);
+	call->now = GetCurrentTransactionStartTimestamp();
+	IdemStatsCallStart(&call->timer);
+	IdemGetKeyArgs(fcinfo, key_argno, scope_argno, &call->key);
+	call->oids = IdemCallStore(call->cache, &call->key, &call->shard);
+	call->scope = call->key.scope;	/* as the store spells it */
+}
+
+/* The same for a call on a whole scope (a batch of ids, an erasure). */
+void
+IdemCallBeginScope(IdemCall *call, FunctionCallInfo fcinfo, bool returns_row,
+				   int scope_argno)
+{
+	call->cache = IdemGetCallCache(fcinfo, returns_row);
+	call->now = GetCurrentTransactionStartTimestamp();
+	IdemStatsCallStart(&call->timer);
+	call->scope = IdemGetScopeArg(fcinfo, scope_argno);
+	call->oids = IdemCallStoreForScope(call->cache, &call->scope, &call->shard);
+}
+
 /* Raise 22004 for a NULL argument. */
 void
 IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)

@@ -10,6 +10,7 @@
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 
+#include "idem_stats.h"
 #include "idem_store.h"
 
 /* What a call site keeps between calls, in fn_extra. */
@@ -20,7 +21,28 @@ typedef struct IdemCallCache
 	void	   *extra;			/* the function's own, in fn_mcxt */
 } IdemCallCache;
 
+/*
+ * What every SQL function on a key (or on a whole scope) starts with: its
+ * call site's cache, its timer, the transaction's start time that every
+ * time of the call is, its key or scope argument, and where that key lives,
+ * the scope's owner checked (IdemCallStore).
+ */
+typedef struct IdemCall
+{
+	IdemCallCache *cache;
+	IdemCallTimer timer;
+	TimestampTz now;
+	IdemKey		key;			/* IdemCallBeginKey */
+	text	   *scope;			/* IdemCallBeginScope */
+	IdemStoreOids shard;		/* on Citus, the scope's shard */
+	const IdemStoreOids *oids;	/* &cache->oids, or &shard */
+} IdemCall;
+
 extern IdemCallCache *IdemGetCallCache(FunctionCallInfo fcinfo, bool returns_row);
+extern void IdemCallBeginKey(IdemCall *call, FunctionCallInfo fcinfo,
+							 bool returns_row, int key_argno, int scope_argno);
+extern void IdemCallBeginScope(IdemCall *call, FunctionCallInfo fcinfo,
+							   bool returns_row, int scope_argno);
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern text *IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
 							int maxlen, bool allow_empty);

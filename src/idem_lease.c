@@ -210,12 +210,7 @@ RequireNoNegativePart(const Interval *lease)
 Datum
 idem_lease(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, true);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemKey		key;
+	IdemCall	call;
 	TimestampTz expires_at;
 	TimestampTz lease_until;
 	Interval   *lease;
@@ -227,19 +222,17 @@ idem_lease(PG_FUNCTION_ARGS)
 	bool		stale;
 	int32		max_attempts = 0;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	expires_at = IdemGetTtlExpiry(fcinfo, 3, now);
-	lease_until = IdemGetExpiry(fcinfo, 4, "lease", now);
-	IdemCheckOperatorBound(now, lease_until, "lease", "idempotency.max_lease",
+	IdemCallBeginKey(&call, fcinfo, true, 0, 2);
+	expires_at = IdemGetTtlExpiry(fcinfo, 3, call.now);
+	lease_until = IdemGetExpiry(fcinfo, 4, "lease", call.now);
+	IdemCheckOperatorBound(call.now, lease_until, "lease", "idempotency.max_lease",
 						   idem_max_lease_s);
 	lease = PG_GETARG_INTERVAL_P(4);
 	RequireNoNegativePart(lease);
 	/* from 0.4.0: a bound on the attempts (leases taken) */
 	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
 		max_attempts = IdemGetMaxAttempts(fcinfo, 5);
-	IdemCheckNotOpen(&key, "lease");
+	IdemCheckNotOpen(&call.key, "lease");
 	fp.isnull = PG_ARGISNULL(1);
 	fp.kind = IDEM_FP_KIND_JSONB;
 	if (!fp.isnull)
@@ -247,36 +240,36 @@ idem_lease(PG_FUNCTION_ARGS)
 
 	memset(&res, 0, sizeof(res));
 	res.code_isnull = true;
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 
 	/* a retry of a finished or running lease is answered without a lock */
-	if (ProbeSettled(&store, &key, now, false, &rec, &stale))
+	if (ProbeSettled(&store, &call.key, call.now, false, &rec, &stale))
 	{
-		IdemCheckRecordVisible(&rec, &key);
-		if (DecideLive(&rec, &fp, now, &res))
+		IdemCheckRecordVisible(&rec, &call.key);
+		if (DecideLive(&rec, &fp, call.now, &res))
 			goto done;
 	}
 
 	PreventCommandIfReadOnly("idem_lease()");
-	(void) IdemKeyLock(&key, true);
+	(void) IdemKeyLock(&call.key, true);
 	for (;;)
 	{
-		if (!ProbeSettled(&store, &key, now, true, &rec, &stale))
+		if (!ProbeSettled(&store, &call.key, call.now, true, &rec, &stale))
 		{
 			/* a failed key's attempts, bound and reason go on with the lease */
 			int32		prior_attempts = 0;
 			int32		prior_max = 0;
 			text	   *prior_error = NULL;
 
-			if (IdemIsLiveFailure(&rec, stale, now))
+			if (IdemIsLiveFailure(&rec, stale, call.now))
 			{
 				prior_attempts = rec.attempts;
 				prior_max = rec.max_attempts;
 				prior_error = rec.last_error;
 			}
 			if (stale)
-				IdemClearExpiredRecord(&store, &key, now);
+				IdemClearExpiredRecord(&store, &call.key, call.now);
 			memset(&rec, 0, sizeof(rec));
 			rec.max_attempts = max_attempts > 0 ? max_attempts : prior_max;
 			rec.last_error = prior_error;
@@ -285,20 +278,20 @@ idem_lease(PG_FUNCTION_ARGS)
 				/* its attempts ran out already */
 				rec.state = IDEM_STATE_DEAD;
 				rec.fingerprint = fp;
-				rec.created_at = now;
+				rec.created_at = call.now;
 				rec.expires_at = expires_at;
 				rec.code_isnull = true;
 				rec.attempts = prior_attempts;
 				rec.lease_duration = *lease;	/* idem_retry makes it a lease */
-				IdemStoreInsert(&store, &key, &rec);
+				IdemStoreInsert(&store, &call.key, &rec);
 				CommandCounterIncrement();
 				IdemStatsAdd(IDEM_STAT_DEAD, 1);
-				(void) DecideLive(&rec, &fp, now, &res);
+				(void) DecideLive(&rec, &fp, call.now, &res);
 				break;
 			}
 			rec.state = IDEM_STATE_LEASED;
 			rec.fingerprint = fp;
-			rec.created_at = now;
+			rec.created_at = call.now;
 			rec.expires_at = expires_at;
 			rec.code_isnull = true;
 			IdemNewLeaseToken(&rec.lease_token);
@@ -306,7 +299,7 @@ idem_lease(PG_FUNCTION_ARGS)
 			rec.lease_expires_at = Min(lease_until, expires_at);
 			rec.lease_duration = *lease;
 			rec.attempts = prior_attempts + 1;
-			IdemStoreInsert(&store, &key, &rec);
+			IdemStoreInsert(&store, &call.key, &rec);
 			CommandCounterIncrement();
 			res.status = IDEM_STATUS_STARTED;
 			res.counted_as = IDEM_STAT_STARTED;
@@ -314,8 +307,8 @@ idem_lease(PG_FUNCTION_ARGS)
 												 * one */
 			break;
 		}
-		IdemCheckRecordVisible(&rec, &key);
-		if (DecideLive(&rec, &fp, now, &res))
+		IdemCheckRecordVisible(&rec, &call.key);
+		if (DecideLive(&rec, &fp, call.now, &res))
 			break;
 
 		/*
@@ -332,11 +325,11 @@ idem_lease(PG_FUNCTION_ARGS)
 				rec.last_error = cstring_to_text(rec.attempts == 1 ?
 												 pstrdup("its lease ran out") :
 												 psprintf("its lease ran out %d times", rec.attempts));
-			if (!IdemStoreUpdate(&store, &key, &rec))
+			if (!IdemStoreUpdate(&store, &call.key, &rec))
 				continue;
 			CommandCounterIncrement();
 			IdemStatsAdd(IDEM_STAT_DEAD, 1);
-			(void) DecideLive(&rec, &fp, now, &res);
+			(void) DecideLive(&rec, &fp, call.now, &res);
 			break;
 		}
 
@@ -345,7 +338,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		rec.lease_expires_at = Min(lease_until, rec.expires_at);
 		rec.lease_duration = *lease;
 		rec.attempts++;
-		if (!IdemStoreUpdate(&store, &key, &rec))
+		if (!IdemStoreUpdate(&store, &call.key, &rec))
 			continue;			/* a sweep took it meanwhile: look again */
 		CommandCounterIncrement();
 		res.status = IDEM_STATUS_RESUMED;
@@ -355,7 +348,7 @@ idem_lease(PG_FUNCTION_ARGS)
 		res.last_error = rec.last_error;	/* why an earlier attempt failed */
 		break;
 	}
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 
 	/* only the new holder learns the token */
 	if (res.counted_as == IDEM_STAT_STARTED || res.counted_as == IDEM_STAT_RESUMED)
@@ -368,8 +361,8 @@ idem_lease(PG_FUNCTION_ARGS)
 done:
 	IdemStoreClose(&store);
 	IdemStatsAdd(res.counted_as, 1);
-	IdemStatsCallEnd(&timer);
-	return MakeLeaseResult(cache, &res);
+	IdemStatsCallEnd(&call.timer);
+	return MakeLeaseResult(call.cache, &res);
 }
 
 /*
@@ -435,12 +428,7 @@ RequireLease(IdemStore *store, const IdemKey *key, const pg_uuid_t *token,
 Datum
 idem_checkpoint(PG_FUNCTION_ARGS)
 {
-	IdemCallTimer timer;
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemKey		key;
+	IdemCall	call;
 	pg_uuid_t  *token;
 	text	   *phase;
 	Datum		state = (Datum) 0;
@@ -448,9 +436,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemRecord	rec;
 	TimestampTz renewed_until;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 4, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, false, 0, 4);
 	IdemRequireArg(fcinfo, 1, "lease token");
 	token = PG_GETARG_UUID_P(1);
 	phase = IdemGetTextArg(fcinfo, 2, "phase", IDEM_PHASE_MAX_LEN, false);
@@ -458,17 +444,17 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		state = PointerGetDatum(PG_GETARG_JSONB_P(3));
 	IdemCheckStateSize(state);
 	if (!PG_ARGISNULL(5))
-		IdemCheckOperatorBound(now, IdemGetExpiry(fcinfo, 5, "extend", now),
+		IdemCheckOperatorBound(call.now, IdemGetExpiry(fcinfo, 5, "extend", call.now),
 							   "extend", "idempotency.max_lease",
 							   idem_max_lease_s);
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 	PreventCommandIfReadOnly("idem_checkpoint()");
-	(void) IdemKeyLock(&key, true);
+	(void) IdemKeyLock(&call.key, true);
 	do
 	{
-		RequireLease(&store, &key, token, "checkpoint", now, &rec);
+		RequireLease(&store, &call.key, token, "checkpoint", call.now, &rec);
 		rec.phase = phase;
 		rec.phase_state = state;
 
@@ -477,21 +463,21 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 		 * runs to the key's ttl, which caps every lease anyway.
 		 */
 		if (!PG_ARGISNULL(5))
-			renewed_until = IdemAddInterval(now, PG_GETARG_INTERVAL_P(5), "extend");
+			renewed_until = IdemAddInterval(call.now, PG_GETARG_INTERVAL_P(5), "extend");
 		else if (IdemIntervalTooLong(&rec.lease_duration))
 			renewed_until = rec.expires_at;
 		else
-			renewed_until = IdemAddInterval(now, &rec.lease_duration, "lease");
+			renewed_until = IdemAddInterval(call.now, &rec.lease_duration, "lease");
 		/* a lease taken before the operator's bound was set renews within it */
-		renewed_until = Min(renewed_until, IdemOperatorBound(now, idem_max_lease_s));
+		renewed_until = Min(renewed_until, IdemOperatorBound(call.now, idem_max_lease_s));
 		rec.lease_expires_at = Min(renewed_until, rec.expires_at);
-	} while (!IdemStoreUpdate(&store, &key, &rec));
+	} while (!IdemStoreUpdate(&store, &call.key, &rec));
 	CommandCounterIncrement();
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_CHECKPOINTS, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_TIMESTAMPTZ(rec.lease_expires_at);
 }
 

@@ -64,40 +64,33 @@ RecordMessage(IdemStore *store, const IdemKey *key, TimestampTz now,
 Datum
 idem_once(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	TimestampTz expires_at;
 	IdemStore	store;
 	IdemRecord	rec;
 	bool		live = false;
 	bool		stale = false;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	expires_at = IdemGetTtlExpiry(fcinfo, 2, now);
-	IdemCheckNotOpen(&key, "record");
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
+	expires_at = IdemGetTtlExpiry(fcinfo, 2, call.now);
+	IdemCheckNotOpen(&call.key, "record");
 
-	IdemStoreOpen(&store, oids, true);
-	if (IdemProbeLive(&store, &key, now, &rec))
+	IdemStoreOpen(&store, call.oids, true);
+	if (IdemProbeLive(&store, &call.key, call.now, &rec))
 		live = true;
 	else
 	{
-		(void) IdemLockAndProbe(&store, &key, true, now, "idem_once()", &rec, &live, &stale);
+		(void) IdemLockAndProbe(&store, &call.key, true, call.now, "idem_once()", &rec, &live, &stale);
 		if (!live)
 		{
-			RecordMessage(&store, &key, now, expires_at, stale);
-			IdemKeyUnlock(&key);
+			RecordMessage(&store, &call.key, call.now, expires_at, stale);
+			IdemKeyUnlock(&call.key);
 		}
 	}
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(live ? IDEM_STAT_ONCE_FALSE : IDEM_STAT_ONCE_TRUE, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_BOOL(!live);
 }
 
@@ -201,12 +194,7 @@ GetBatchIds(FunctionCallInfo fcinfo, int *nids)
 Datum
 idem_once_batch(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	text	   *scope;
+	IdemCall	call;
 	TimestampTz expires_at;
 	BatchId    *ids;
 	int			nids;
@@ -217,14 +205,12 @@ idem_once_batch(PG_FUNCTION_ARGS)
 	MemoryContext id_cxt;
 	MemoryContext old_cxt;
 
-	IdemStatsCallStart(&timer);
-	scope = IdemGetScopeArg(fcinfo, 1);
-	oids = IdemCallStoreForScope(cache, &scope, &shard);
-	expires_at = IdemGetTtlExpiry(fcinfo, 2, now);
+	IdemCallBeginScope(&call, fcinfo, false, 1);
+	expires_at = IdemGetTtlExpiry(fcinfo, 2, call.now);
 	ids = GetBatchIds(fcinfo, &nids);
 	if (nids == 0)
 	{
-		IdemStatsCallEnd(&timer);
+		IdemStatsCallEnd(&call.timer);
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
 	}
 
@@ -235,7 +221,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 	id_cxt = AllocSetContextCreate(CurrentMemoryContext,
 								   "idempotency batch id",
 								   ALLOCSET_SMALL_SIZES);
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	for (int i = 0; i < nids; i++)
 	{
 		IdemKey		key;
@@ -247,9 +233,9 @@ idem_once_batch(PG_FUNCTION_ARGS)
 			continue;			/* a repeat: new at its first place only */
 
 		old_cxt = MemoryContextSwitchTo(id_cxt);
-		key.scope = scope;
+		key.scope = call.scope;
 		key.key = ids[i].id;
-		key.hash = IdemKeyHash(scope, ids[i].id);
+		key.hash = IdemKeyHash(call.scope, ids[i].id);
 		IdemCheckNotOpen(&key, "record");
 
 		/*
@@ -258,7 +244,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 		 * index descent for each of them.
 		 */
 		(void) IdemKeyLock(&key, true);
-		if (IdemProbeSettled(&store, &key, now, true, true, &rec, &stale) ==
+		if (IdemProbeSettled(&store, &key, call.now, true, true, &rec, &stale) ==
 			IDEM_PROBE_FOUND)
 		{
 			IdemKeyUnlock(&key);
@@ -267,7 +253,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 		else
 		{
 			PreventCommandIfReadOnly("idem_once_batch()");
-			RecordMessage(&store, &key, now, expires_at, stale);
+			RecordMessage(&store, &key, call.now, expires_at, stale);
 			IdemKeyUnlock(&key);
 			is_new[ids[i].pos] = true;
 			nnew++;
@@ -293,7 +279,7 @@ idem_once_batch(PG_FUNCTION_ARGS)
 
 	IdemStatsAdd(IDEM_STAT_ONCE_TRUE, nnew);
 	IdemStatsAdd(IDEM_STAT_ONCE_FALSE, nids - nnew);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_ARRAYTYPE_P(construct_array(result, nnew, TEXTOID, -1, false,
 										  TYPALIGN_INT));
 }

@@ -49,54 +49,47 @@ PG_FUNCTION_INFO_V1(idem_erase_scope);
 Datum
 idem_keep(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	IdemStore	store;
 	IdemRecord	rec;
 	bool		stale;
 	bool		changed = false;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	IdemCheckNotOpen(&key, "keep");
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
+	IdemCheckNotOpen(&call.key, "keep");
 	/* a key kept for good has an infinite ttl, which the bound refuses */
-	IdemCheckOperatorBound(now, DT_NOEND, "ttl", "idempotency.max_ttl",
+	IdemCheckOperatorBound(call.now, DT_NOEND, "ttl", "idempotency.max_ttl",
 						   idem_max_ttl_s);
 	PreventCommandIfReadOnly("idem_keep()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		if (!IdemLockSettled(&store, &key, now, &rec, &stale))
+		if (!IdemLockSettled(&store, &call.key, call.now, &rec, &stale))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot keep idempotency key %s because it is %s",
-							IdemKeyName(&key), IdemDescribeKeyState(&store, &key, NULL)),
+							IdemKeyName(&call.key), IdemDescribeKeyState(&store, &call.key, NULL)),
 					 errhint("Only a key with a result can be kept: one that is completed, leased, dead, or finished in this transaction.")));
-		IdemCheckRecordVisible(&rec, &key);
+		IdemCheckRecordVisible(&rec, &call.key);
 		if (TIMESTAMP_IS_NOEND(rec.expires_at))
 			break;				/* kept already */
 		TIMESTAMP_NOEND(rec.expires_at);
-		if (IdemStoreUpdate(&store, &key, &rec))
+		if (IdemStoreUpdate(&store, &call.key, &rec))
 		{
 			changed = true;
 			break;
 		}
-		IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+		IdemKeyUnlock(&call.key);	/* a sweep took it meanwhile: look again */
 	}
 	CommandCounterIncrement();
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 	IdemStoreClose(&store);
 
 	if (changed)
 		IdemStatsAdd(IDEM_STAT_KEPT, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(IdemStatusOfRecord(&rec))));
 }
 
@@ -158,28 +151,22 @@ EraseKey(IdemStore *store, const IdemKey *key, TimestampTz now)
 Datum
 idem_erase(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	IdemStore	store;
 	bool		erased;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	IdemCheckNotOpen(&key, "erase");
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
+	IdemCheckNotOpen(&call.key, "erase");
 	PreventCommandIfReadOnly("idem_erase()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
-	erased = EraseKey(&store, &key, GetCurrentTransactionStartTimestamp());
+	erased = EraseKey(&store, &call.key, GetCurrentTransactionStartTimestamp());
 	IdemStoreClose(&store);
 
 	if (erased)
 		IdemStatsAdd(IDEM_STAT_ERASED, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_BOOL(erased);
 }
 
@@ -195,26 +182,19 @@ idem_erase(PG_FUNCTION_ARGS)
 Datum
 idem_erase_scope(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	text	   *scope;
+	IdemCall	call;
 	IdemStore	store;
 	IdemScopeScan *scan;
 	MemoryContext key_cxt;
 	MemoryContext old_cxt;
 	int64		erased = 0;
 
-	IdemStatsCallStart(&timer);
-	scope = IdemGetScopeArg(fcinfo, 0);
-	oids = IdemCallStoreForScope(cache, &scope, &shard);
+	IdemCallBeginScope(&call, fcinfo, false, 0);
 	PreventCommandIfReadOnly("idem_erase_scope()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
-	scan = IdemStoreBeginScopeScan(&store, scope);
+	scan = IdemStoreBeginScopeScan(&store, call.scope);
 
 	/* what one key's erasure allocates is freed before the next */
 	key_cxt = AllocSetContextCreate(CurrentMemoryContext,
@@ -229,10 +209,10 @@ idem_erase_scope(PG_FUNCTION_ARGS)
 		key.key = IdemStoreNextScopeKey(scan);
 		if (key.key == NULL)
 			break;
-		key.scope = scope;
+		key.scope = call.scope;
 		key.hash = IdemKeyHash(key.scope, key.key);
 		IdemCheckNotOpen(&key, "erase");
-		if (EraseKey(&store, &key, now))
+		if (EraseKey(&store, &key, call.now))
 			erased++;
 		MemoryContextReset(key_cxt);
 	}
@@ -242,6 +222,6 @@ idem_erase_scope(PG_FUNCTION_ARGS)
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_ERASED, erased);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_INT64(erased);
 }

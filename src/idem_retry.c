@@ -65,12 +65,7 @@ RefuseState(IdemStore *store, const IdemKey *key, const char *verb,
 Datum
 idem_fail(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	text	   *error;
 	int32		max_attempts = 0;
 	TimestampTz expires_at;
@@ -80,54 +75,52 @@ idem_fail(PG_FUNCTION_ARGS)
 	bool		existing;
 	bool		dead;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 2, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, false, 0, 2);
 	error = IdemGetTextArg(fcinfo, 1, "error", IDEM_MAX_ERROR_LEN, false);
 	if (!PG_ARGISNULL(3))
 		max_attempts = IdemGetMaxAttempts(fcinfo, 3);
-	expires_at = IdemGetTtlExpiry(fcinfo, 4, now);
-	IdemCheckNotOpen(&key, "fail");
+	expires_at = IdemGetTtlExpiry(fcinfo, 4, call.now);
+	IdemCheckNotOpen(&call.key, "fail");
 	PreventCommandIfReadOnly("idem_fail()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 	if (!PG_ARGISNULL(5))
 	{
-		dead = IdemLeaseFail(&store, &key, PG_GETARG_UUID_P(5), error, max_attempts);
+		dead = IdemLeaseFail(&store, &call.key, PG_GETARG_UUID_P(5), error, max_attempts);
 		goto done;
 	}
 
 	for (;;)
 	{
-		if (IdemLockSettled(&store, &key, now, &rec, &stale))
+		if (IdemLockSettled(&store, &call.key, call.now, &rec, &stale))
 		{
-			IdemCheckRecordVisible(&rec, &key);
+			IdemCheckRecordVisible(&rec, &call.key);
 			if (rec.state == IDEM_STATE_DEAD)
 			{
 				dead = true;	/* dead already: it stays as it is */
 				break;
 			}
 			if (rec.state == IDEM_STATE_LEASED)
-				RefuseState(&store, &key, "fail",
+				RefuseState(&store, &call.key, "fail",
 							"A leased key's failure is reported by its holder: pass the token that idem_lease() returned.");
-			RefuseState(&store, &key, "fail",
+			RefuseState(&store, &call.key, "fail",
 						"idem_fail() records a failed attempt at a key that has no result: call it after the attempt's transaction rolled back.");
 		}
-		existing = IdemIsLiveFailure(&rec, stale, now);
+		existing = IdemIsLiveFailure(&rec, stale, call.now);
 		if (existing)
 		{
 			/* one more failed attempt */
-			IdemCheckRecordVisible(&rec, &key);
+			IdemCheckRecordVisible(&rec, &call.key);
 			rec.attempts++;
 		}
 		else
 		{
 			/* the first: an expired record goes, a failed one is made */
 			if (stale)
-				IdemClearExpiredRecord(&store, &key, now);
+				IdemClearExpiredRecord(&store, &call.key, call.now);
 			memset(&rec, 0, sizeof(rec));
-			rec.created_at = now;
+			rec.created_at = call.now;
 			rec.expires_at = expires_at;
 			rec.code_isnull = true;
 			rec.fingerprint.isnull = true;
@@ -139,10 +132,11 @@ idem_fail(PG_FUNCTION_ARGS)
 		dead = (rec.max_attempts > 0 && rec.attempts >= rec.max_attempts);
 		rec.state = dead ? IDEM_STATE_DEAD : IDEM_STATE_FAILED;
 		if (!existing)
-			IdemStoreInsert(&store, &key, &rec);
-		else if (!IdemStoreUpdate(&store, &key, &rec))
+			IdemStoreInsert(&store, &call.key, &rec);
+		else if (!IdemStoreUpdate(&store, &call.key, &rec))
 		{
-			IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+			IdemKeyUnlock(&call.key);	/* a sweep took it meanwhile: look
+										 * again */
 			continue;
 		}
 		if (dead)
@@ -150,12 +144,12 @@ idem_fail(PG_FUNCTION_ARGS)
 		break;
 	}
 	CommandCounterIncrement();
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 
 done:
 	IdemStoreClose(&store);
 	IdemStatsAdd(IDEM_STAT_FAILURES, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(dead ? IDEM_STATUS_DEAD : IDEM_STATUS_FAILED)));
 }
 
@@ -169,32 +163,25 @@ done:
 Datum
 idem_retry(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	IdemStore	store;
 	IdemRecord	rec;
 	bool		stale;
 	bool		was_lease;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
-	IdemCheckNotOpen(&key, "retry");
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
+	IdemCheckNotOpen(&call.key, "retry");
 	PreventCommandIfReadOnly("idem_retry()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		if (!IdemLockSettled(&store, &key, now, &rec, &stale) ||
+		if (!IdemLockSettled(&store, &call.key, call.now, &rec, &stale) ||
 			rec.state != IDEM_STATE_DEAD)
-			RefuseState(&store, &key, "retry",
+			RefuseState(&store, &call.key, "retry",
 						"idem_retry() gives new attempts to a dead key: one whose attempts ran out.");
-		IdemCheckRecordVisible(&rec, &key);
+		IdemCheckRecordVisible(&rec, &call.key);
 		/* a lease's record keeps the lease's length */
 		was_lease = IdemRecordHasLeaseDuration(&rec);
 		rec.attempts = 0;
@@ -203,20 +190,20 @@ idem_retry(PG_FUNCTION_ARGS)
 			/* no holder: the token is nobody's, and the lease has run out */
 			rec.state = IDEM_STATE_LEASED;
 			IdemNewLeaseToken(&rec.lease_token);
-			rec.lease_expires_at = now;
+			rec.lease_expires_at = call.now;
 		}
 		else
 			rec.state = IDEM_STATE_FAILED;
-		if (IdemStoreUpdate(&store, &key, &rec))
+		if (IdemStoreUpdate(&store, &call.key, &rec))
 			break;
-		IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+		IdemKeyUnlock(&call.key);	/* a sweep took it meanwhile: look again */
 	}
 	CommandCounterIncrement();
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_RETRIED, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_TEXT_P(cstring_to_text(IdemStatusWord(was_lease ? IDEM_STATUS_IN_PROGRESS : IDEM_STATUS_FAILED)));
 }
 
@@ -233,51 +220,44 @@ idem_retry(PG_FUNCTION_ARGS)
 Datum
 idem_discard(PG_FUNCTION_ARGS)
 {
-	IdemCallCache *cache = IdemGetCallCache(fcinfo, false);
-	IdemStoreOids shard;
-	const IdemStoreOids *oids;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	IdemCallTimer timer;
-	IdemKey		key;
+	IdemCall	call;
 	IdemStore	store;
 	IdemRecord	rec;
 	bool		stale;
 	bool		any_state = false;
 
-	IdemStatsCallStart(&timer);
-	IdemGetKeyArgs(fcinfo, 0, 1, &key);
-	oids = IdemCallStore(cache, &key, &shard);
+	IdemCallBeginKey(&call, fcinfo, false, 0, 1);
 	if (PG_NARGS() > 2)
 	{
 		IdemRequireArg(fcinfo, 2, "any_state");
 		any_state = PG_GETARG_BOOL(2);
 	}
-	IdemCheckNotOpen(&key, "discard");
+	IdemCheckNotOpen(&call.key, "discard");
 	PreventCommandIfReadOnly("idem_discard()");
 
-	IdemStoreOpen(&store, oids, true);
+	IdemStoreOpen(&store, call.oids, true);
 	IdemStoreRequireLeases(&store);
 	for (;;)
 	{
-		bool		found = IdemLockSettled(&store, &key, now, &rec, &stale);
+		bool		found = IdemLockSettled(&store, &call.key, call.now, &rec, &stale);
 
 		if (found && rec.state != IDEM_STATE_DEAD && !any_state)
 			found = false;
-		if (!found && !IdemIsLiveFailure(&rec, stale, now))
-			RefuseState(&store, &key, "discard",
+		if (!found && !IdemIsLiveFailure(&rec, stale, call.now))
+			RefuseState(&store, &call.key, "discard",
 						any_state ?
 						"idem_discard() forgets a key that has a record." :
 						"idem_discard() forgets a failed or dead key; with any_state => true, a key in any state.");
-		IdemCheckRecordVisible(&rec, &key);
+		IdemCheckRecordVisible(&rec, &call.key);
 		if (IdemStoreDelete(&store, &rec.tid, true))
 			break;
-		IdemKeyUnlock(&key);	/* a sweep took it meanwhile: look again */
+		IdemKeyUnlock(&call.key);	/* a sweep took it meanwhile: look again */
 	}
 	CommandCounterIncrement();
-	IdemKeyUnlock(&key);
+	IdemKeyUnlock(&call.key);
 	IdemStoreClose(&store);
 
 	IdemStatsAdd(IDEM_STAT_DISCARDED, 1);
-	IdemStatsCallEnd(&timer);
+	IdemStatsCallEnd(&call.timer);
 	PG_RETURN_BOOL(true);
 }
