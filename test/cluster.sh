@@ -10,7 +10,7 @@
 #                            (more postgres command-line options)
 #   as_pg CMD                run a shell command line as postgres
 
-# the host's 15, or PG_MAJOR's (test/matrix.sh 19 valgrind)
+# Debian 12's 15, or PG_MAJOR's (test/matrix.sh 19 valgrind)
 PG_MAJOR=${PG_MAJOR:-15}
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 

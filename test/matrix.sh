@@ -15,7 +15,7 @@
 #   test/matrix.sh green start|stop
 #                                a PostgreSQL 18 server in the sid chroot on
 #                                127.0.0.1:$IDEM_GREEN_PORT (54418), the
-#                                target of test/t/051_blue_green.pl on the host
+#                                target of test/t/051_blue_green.pl outside the chroots
 #
 # Majors: 17 (Debian trixie), 18 (sid; with trixie's 17 beside it for
 # pg_upgrade), 19 (the release candidate from experimental, over sid; with
@@ -46,7 +46,7 @@ chroot_of() {
         17) echo trixie ;;
         18) echo sid ;;
         19) echo experimental ;;
-        *) die "no Debian package of PostgreSQL $1 here (tested: 17 18 19; 15 is the host's)" ;;
+        *) die "no Debian package of PostgreSQL $1 here (tested: 17 18 19; 15 is Debian 12's own, outside the chroots)" ;;
     esac
 }
 base_packages="build-essential rsync libipc-run-perl ca-certificates locales-all pgbouncer valgrind"
@@ -98,7 +98,7 @@ mount_into() {
         case $d in
             proc) mount -t proc proc "$root/proc" ;;
             dev/shm) mount -t tmpfs -o mode=1777 shm "$root/dev/shm" ;;
-            # a slave: what is mounted under it stays out of the host's /dev
+            # a slave: what is mounted under it stays out of /dev outside the chroot
             *) mount --bind "/$d" "$root/$d" && mount --make-rslave "$root/$d" ;;
         esac
         mounted+=("$root/$d")
@@ -141,7 +141,7 @@ prepare() {
     command -v debootstrap >/dev/null ||
         { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
     m=$(mirror)
-    echo "chroot $name: debootstrap from the host's mirror"
+    echo "chroot $name: debootstrap from the mirror of /etc/apt/sources"
     remove_tree "$root.new"
     mkdir -p "$cache"
     local t0=$SECONDS suite=$name

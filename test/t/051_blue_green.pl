@@ -1,6 +1,6 @@
 # A blue/green move to a newer major by logical replication keeps every key.
 #
-# Blue is a cluster of the major this test runs on (15 on the host); green
+# Blue is a cluster of the major this test runs on (15 outside the chroots); green
 # is a server of a newer major that test/matrix.sh green start runs in the
 # sid chroot (18), reached over loopback at 127.0.0.1:IDEM_GREEN_PORT.
 # Blue completes keys, green subscribes to the key table and the
