@@ -18,8 +18,9 @@
 #     each, then pg_upgrade from 17 to 18 and 18 to 19.  Its output is
 #     printed when both lanes are done.
 #
-# Then a blue/green move by logical replication from 15 to 18, and the
-# example clients against 18.
+# Then pgindent's verdict on src/ (test/pgindent.sh --check, with the sid
+# chroot's pgindent), a blue/green move by logical replication from 15 to
+# 18, and the example clients against 18.
 #
 # SKIP_VALGRIND=1 leaves out the valgrind run, IDEM_MAJORS="18" (default
 # "17 18 19") chooses the chroot majors and IDEM_MAJORS="" leaves them all
@@ -149,6 +150,9 @@ if [ -n "$majors" ]; then
         failed=$((failed + 1))
         echo "##### the chroots' lane: FAILED (exit $lane_status before its end)"
     fi
+
+    # src/ as pgindent leaves it, with pgindent from the sid chroot's 18
+    step "pgindent: src/ is as pgindent leaves it" bash test/pgindent.sh --check
 
     # blue (15, the packaged server here) to green (18, the sid chroot) over
     # loopback; then the example clients against green
