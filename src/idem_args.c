@@ -25,6 +25,15 @@
 #include "idem_guc.h"
 #include "idem_scope.h"
 
+static void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
+						   int scope_argno, IdemKey *key);
+static text *IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno);
+static const IdemStoreOids *IdemCallStore(IdemCallCache *cache, IdemKey *key,
+										  IdemStoreOids *shard);
+static const IdemStoreOids *IdemCallStoreForScope(IdemCallCache *cache,
+												  text **scope,
+												  IdemStoreOids *shard);
+
 /*
  * The row type of each function returning a row, built once per backend:
  * building it from pg_proc's OUT parameters and blessing it took a
@@ -189,7 +198,7 @@ IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
 }
 
 /* The (scope, key) of a call. */
-void
+static void
 IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 			   IdemKey *key)
 {
@@ -200,7 +209,7 @@ IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno, int scope_argno,
 }
 
 /* A scope argument alone (a batch of keys, or a whole scope). */
-text *
+static text *
 IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
 {
 	return IdemGetTextArg(fcinfo, scope_argno, "idempotency scope",
@@ -217,7 +226,7 @@ IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno)
  * it, and on Citus as the tenant's own spelling too, so that another
  * spelling of a tenant ('01' for 1) is no way around its owner's prefix.
  */
-const IdemStoreOids *
+static const IdemStoreOids *
 IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 {
 	const IdemStoreOids *oids;
@@ -234,7 +243,7 @@ IdemCallStore(IdemCallCache *cache, IdemKey *key, IdemStoreOids *shard)
 }
 
 /* The same for a call that names a scope and no key. */
-const IdemStoreOids *
+static const IdemStoreOids *
 IdemCallStoreForScope(IdemCallCache *cache, text **scope, IdemStoreOids *shard)
 {
 	const IdemStoreOids *oids;

@@ -46,14 +46,6 @@ extern void IdemCallBeginScope(IdemCall *call, FunctionCallInfo fcinfo,
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern text *IdemGetTextArg(FunctionCallInfo fcinfo, int argno, const char *what,
 							int maxlen, bool allow_empty);
-extern void IdemGetKeyArgs(FunctionCallInfo fcinfo, int key_argno,
-						   int scope_argno, IdemKey *key);
-extern text *IdemGetScopeArg(FunctionCallInfo fcinfo, int scope_argno);
-extern const IdemStoreOids *IdemCallStore(IdemCallCache *cache, IdemKey *key,
-										  IdemStoreOids *shard);
-extern const IdemStoreOids *IdemCallStoreForScope(IdemCallCache *cache,
-												  text **scope,
-												  IdemStoreOids *shard);
 extern TimestampTz IdemGetTtlExpiry(FunctionCallInfo fcinfo, int argno,
 									TimestampTz now);
 extern TimestampTz IdemOperatorBound(TimestampTz now, int bound_s);
